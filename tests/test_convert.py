@@ -1,0 +1,171 @@
+"""Model conversion policy, the report, calibration side effects and bad inputs."""
+
+import pytest
+import torch
+from pytorchcv.model_provider import get_model
+from torch import nn
+
+import uniq
+from uniq.mse import optimal_step
+
+
+def small_cnn():
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Dropout(0.5),
+        nn.Conv2d(16, 16, 1, stride=2), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10),
+    )
+
+
+@pytest.fixture(scope="module")
+def preresnet18():
+    return get_model("preresnet18", pretrained=False)
+
+
+@pytest.mark.parametrize("bits", [4, 3, 2, 1])
+def test_preresnet18_policy(preresnet18, bits):
+    r = uniq.conversion_report(uniq.quantize_model(preresnet18, bits))
+    assert len(r) == 21  # 17 3x3/7x7 convs + 3 shortcut convs + fc
+    first, last = r.iloc[0], r.iloc[-1]
+    assert first.layer == "features.init_block.conv" and last.layer == "output"
+    down = r[r.layer.str.contains("identity_conv")]
+    body = r[(r.role == "body")]
+    assert len(down) == 3 and (down.role == "downsample").all()
+    if bits == 1:
+        for row in (first, last):
+            assert row.weight_bits == 32 and row.act_bits == 32
+        assert (down.weight_bits == 32).all()
+        assert (body.weight_bits == 1).all() and (body.act_bits == 1).all()
+    else:
+        assert first.weight_bits == first.act_bits == last.weight_bits == 8
+        assert (down.weight_bits == bits).all()
+        assert (body.weight_bits == bits).all()
+    assert bool(r.iloc[0].signed_input) == (bits != 1)  # first layer input: the signed image
+    assert not r.iloc[1:].signed_input.fillna(False).any()
+
+
+def test_mobilenetv2_signed_bottleneck_inputs():
+    m = get_model("mobilenetv2_w1", pretrained=False)
+    q = uniq.quantize_model(m, 4, weight_granularity="tensor")
+    r = uniq.conversion_report(q)
+    signed = set(r[r.signed_input == True].layer)  # noqa: E712
+    # every expansion conv after the first block reads a linear-bottleneck output
+    expected = {n for n in r.layer if n.endswith("conv1.conv") and "stage1" not in n}
+    assert expected <= signed
+    assert "features.final_block.conv" in signed and "features.init_block.conv" in signed
+    assert not any(n.endswith(("conv2.conv", "conv3.conv")) for n in signed)
+    assert (r.granularity == "tensor").all()
+    mods = dict(q.named_modules())
+    assert mods["features.stage2.unit1.conv1.conv.act_quantizer"].signed
+
+
+def test_preresnet34_and_plain_cnn_convert():
+    r = uniq.conversion_report(uniq.quantize_model(get_model("preresnet34", pretrained=False), 2))
+    assert len(r) == 37 and r.iloc[-1].weight_bits == 8
+    q = uniq.quantize_model(small_cnn(), 3, method="lsq", weight_granularity="tensor")
+    r = uniq.conversion_report(q)
+    assert list(r.weight_bits) == [8, 3, 3, 8] and (r.method == "lsq").all()
+
+
+def test_overrides_and_weight_init(preresnet18):
+    q = uniq.quantize_model(preresnet18, 2, overrides={"output": None,
+                                                       "features.stage1.unit1.body.conv1.conv": 4})
+    r = uniq.conversion_report(q).set_index("layer")
+    assert r.loc["output"].weight_bits == 32
+    assert r.loc["features.stage1.unit1.body.conv1.conv"].weight_bits == 4
+    layer = q.get_submodule("features.stage1.unit2.body.conv1.conv")
+    expected = optimal_step(2, "weight") * layer.weight.detach().flatten(1).std(dim=1)
+    assert torch.allclose(layer.weight_quantizer.step.flatten(), expected)
+    with pytest.raises(ValueError, match="not a conv/linear"):
+        uniq.quantize_model(preresnet18, 2, overrides={"nope": 2})
+
+
+def test_calibration_sets_steps_and_nothing_else():
+    torch.manual_seed(0)
+    model = small_cnn()
+    model.train()(torch.randn(16, 3, 8, 8))  # non-trivial BN statistics
+    q = uniq.quantize_model(model, 2, weight_granularity="tensor").train()
+    batches = [torch.randn(8, 3, 8, 8) * (1 + i) for i in range(5)]
+    before = {k: v.clone() for k, v in q.state_dict().items() if not k.endswith("step")
+              and torch.is_tensor(v)}
+    rng = torch.get_rng_state()
+    uniq.calibrate(q, batches, num_batches=3)
+    after = q.state_dict()
+    for k, v in before.items():
+        assert torch.equal(after[k], v), k
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert q.training
+    # the step is the maximum over the first 3 batches of the per-batch Eq. 10 value
+    acts = []
+    hook = q[3].register_forward_pre_hook(lambda m, a: acts.append(a[0]))
+    q.train()
+    with torch.no_grad():
+        for b in batches[:3]:
+            # full-precision forward: switch quantizers to pass-through for the oracle
+            for _, m in uniq.quantizers(q):
+                m.observing = True
+            q(b)
+    hook.remove()
+    for _, m in uniq.quantizers(q):
+        m.observing, m.observed = False, None
+    expected = max(optimal_step(2, "activation") * (2 * a.pow(2).mean()).sqrt() for a in acts)
+    assert q[3].act_quantizer.step.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_forward_before_calibration_is_an_error():
+    q = uniq.quantize_model(small_cnn(), 2)
+    with pytest.raises(RuntimeError, match="calibrate"):
+        q(torch.randn(2, 3, 8, 8))
+
+
+def test_constant_init_needs_no_data():
+    q = uniq.quantize_model(small_cnn(), 2, init=0.1)
+    assert all(m.step.eq(0.1).all() for _, m in uniq.quantizers(q))
+    q(torch.randn(2, 3, 8, 8))
+
+
+def test_state_dict_round_trip_with_weights_only(tmp_path):
+    q = uniq.calibrate(uniq.quantize_model(small_cnn(), 2), [torch.randn(4, 3, 8, 8)], 1)
+    torch.save(q.state_dict(), tmp_path / "q.pt")
+    fresh = uniq.quantize_model(small_cnn(), 2)
+    fresh.load_state_dict(torch.load(tmp_path / "q.pt", weights_only=True))
+    assert all(m.initialized for _, m in uniq.quantizers(fresh))
+    q.eval(), fresh.eval()
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.equal(q(x), fresh(x))
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="no nn.Conv2d or nn.Linear"):
+        uniq.quantize_model(nn.Sequential(nn.ReLU()), 2)
+    with pytest.raises(ValueError, match="1-bit"):
+        uniq.quantize_model(small_cnn(), 1, method="lsq")
+    for bits in (0, 9, 2.5, "2"):
+        with pytest.raises(ValueError, match="bits"):
+            uniq.quantize_model(small_cnn(), bits)
+    zero = small_cnn()
+    nn.init.zeros_(zero[3].weight)
+    with pytest.raises(ValueError, match="all-zero"):
+        uniq.quantize_model(zero, 2)
+    q = uniq.quantize_model(small_cnn(), 2)
+    with pytest.raises(ValueError, match="NaN"):
+        uniq.calibrate(q, [torch.full((2, 3, 8, 8), float("nan"))], 1)
+    with pytest.raises(ValueError, match="no batches"):
+        uniq.calibrate(q, [], 1)
+    with pytest.raises(ValueError, match="num_batches"):
+        uniq.calibrate(q, [torch.randn(2, 3, 8, 8)], 0)
+    with pytest.raises(ValueError, match="no quantizers"):
+        uniq.calibrate(small_cnn(), [torch.randn(2, 3, 8, 8)], 1)
+    with pytest.raises(ValueError, match="already quantized"):
+        uniq.quantize_model(q, 2)
+    with pytest.raises(ValueError, match="example_input"):
+        uniq.quantize_model(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(7, 2)), 2)
+
+
+def test_negative_input_found_in_calibration_switches_to_symmetric():
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.Conv2d(4, 4, 1), nn.Conv2d(4, 2, 1))
+    q = uniq.quantize_model(model, 2, example_input=torch.rand(1, 3, 4, 4))
+    with pytest.warns(UserWarning, match="switching"):
+        uniq.calibrate(q, [torch.randn(2, 3, 4, 4)], 1)
+    assert q[0].act_quantizer.signed

@@ -1,0 +1,274 @@
+"""Model conversion (the paper's layer policy), the conversion report, and step calibration."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Iterable, Mapping
+from itertools import islice
+
+import pandas as pd
+import torch
+from torch import nn
+
+from .functional import check_bits
+from .modules import GRANULARITIES, METHODS, QConv2d, QLinear, Quantizer, quantized_copy, quantizers
+
+FULL_PRECISION = 32
+
+
+def _layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def _probe_input(model: nn.Module, layers: list[tuple[str, nn.Module]]) -> torch.Tensor:
+    first = layers[0][1]
+    channels = first.in_channels if isinstance(first, nn.Conv2d) else first.in_features
+    param = next(model.parameters())
+    if isinstance(first, nn.Linear):
+        return torch.randn(2, channels, device=param.device)
+    size = getattr(model, "in_size", (32, 32))
+    return torch.randn(2, channels, *size, device=param.device)
+
+
+@torch.no_grad()
+def probe_layers(
+    model: nn.Module, example_input: torch.Tensor | None = None
+) -> tuple[list[str], dict[str, bool]]:
+    """Run one forward pass in eval mode and return the conv/linear layers in execution order
+    and, for each, whether its input took negative values (a signed input).
+
+    The input defaults to Gaussian noise shaped from the first layer and ``model.in_size`` (a
+    pytorchcv attribute; 32x32 otherwise): noise is signed, as a normalised image is.
+    """
+    layers = _layers(model)
+    if not layers:
+        raise ValueError(
+            "the model has no nn.Conv2d or nn.Linear layer, so there is nothing to quantize"
+        )
+    order: list[str] = []
+    signed: dict[str, bool] = {}
+
+    def hook(name: str):
+        def record(_module: nn.Module, args: tuple) -> None:
+            order.append(name)
+            signed[name] = signed.get(name, False) or bool((args[0] < 0).any())
+        return record
+
+    handles = [m.register_forward_pre_hook(hook(n)) for n, m in layers]
+    was_training = model.training
+    rng = torch.get_rng_state()
+    try:
+        x = _probe_input(model, layers) if example_input is None else example_input
+        model.eval()(x)
+    except Exception as err:  # noqa: BLE001 - re-raised with the fix
+        raise ValueError(
+            f"could not run a probe forward pass through the model ({err}); pass "
+            "example_input=<a small batch of the model's input shape> to quantize_model"
+        ) from err
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+        torch.set_rng_state(rng)
+    seen = list(dict.fromkeys(order))
+    # Layers the probe never reached keep module order after the executed ones.
+    seen += [n for n, _ in layers if n not in signed]
+    return seen, signed
+
+
+def is_downsampling(layer: nn.Module) -> bool:
+    """A 1x1 convolution with stride > 1: the projection shortcut of a ResNet stage."""
+    return (isinstance(layer, nn.Conv2d) and tuple(layer.kernel_size) == (1, 1)
+            and max(layer.stride) > 1)
+
+
+def layer_policy(
+    model: nn.Module,
+    bits: int,
+    order: list[str],
+    first_last_bits: int = 8,
+    overrides: Mapping[str, int | None] | None = None,
+) -> dict[str, tuple[int | None, str]]:
+    """Bits (None = full precision) and role of every conv/linear layer under the paper's policy.
+
+    Multi-bit: first and last layers at ``first_last_bits`` (8). Binary: first, last and
+    downsampling (1x1 stride > 1) layers in full precision. ``overrides`` maps layer names to
+    bits, or None/32 for full precision, and wins over the policy.
+    """
+    modules = dict(model.named_modules())
+    policy: dict[str, tuple[int | None, str]] = {}
+    for i, name in enumerate(order):
+        role = "first" if i == 0 else "last" if i == len(order) - 1 else "body"
+        if role == "body" and is_downsampling(modules[name]):
+            role = "downsample"
+        if bits == 1:
+            policy[name] = (None if role != "body" else 1, role)
+        else:
+            policy[name] = (first_last_bits if role in ("first", "last") else bits, role)
+    for name, value in (overrides or {}).items():
+        if name not in policy:
+            raise ValueError(
+                f"override names layer {name!r}, which is not a conv/linear layer of the model; "
+                f"layers are: {', '.join(order[:6])}{', ...' if len(order) > 6 else ''}"
+            )
+        value = None if value in (None, FULL_PRECISION) else check_bits(value)
+        policy[name] = (value, policy[name][1])
+    return policy
+
+
+def quantize_model(
+    model: nn.Module,
+    bits: int,
+    method: str = "uniq",
+    weight_granularity: str = "channel",
+    act_granularity: str = "tensor",
+    *,
+    init: str | float = "mse",
+    grad_scale: bool = True,
+    first_last_bits: int = 8,
+    overrides: Mapping[str, int | None] | None = None,
+    example_input: torch.Tensor | None = None,
+    inplace: bool = False,
+) -> nn.Module:
+    """Replace every Conv2d/Linear by a quantized layer under the paper's policy.
+
+    Weights and input activations of a layer share its bit width. Weight steps are initialised
+    from the weights at once (Eq. 9); activation steps need data: call ``uniq.calibrate`` next.
+    Inputs found to be signed by a probe forward pass (the normalised image into the first layer,
+    MobileNetV2's linear-bottleneck outputs) get the symmetric quantizer instead of the unsigned
+    one, and the conversion report says so. Returns the converted model (a copy unless
+    ``inplace``).
+    """
+    bits = check_bits(bits)
+    check_bits(first_last_bits)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method == "lsq" and bits == 1:
+        raise ValueError("LSQ has no 1-bit weight quantizer (Qp = 0); use method='uniq' for 1 bit")
+    for g, what in ((weight_granularity, "weight"), (act_granularity, "act")):
+        if g not in GRANULARITIES:
+            raise ValueError(f"{what}_granularity must be one of {GRANULARITIES}, got {g!r}")
+    if any(isinstance(m, Quantizer) for m in model.modules()):
+        raise ValueError("the model is already quantized; convert the full-precision model")
+    if not inplace:
+        model = copy.deepcopy(model)
+    order, signed = probe_layers(model, example_input)
+    policy = layer_policy(model, bits, order, first_last_bits, overrides)
+    modules = dict(model.named_modules())
+    for name in order:
+        layer = modules[name]
+        layer_bits, role = policy[name]
+        wq = aq = None
+        if layer_bits is not None:
+            channels = layer.weight.shape[0] if weight_granularity == "channel" else None
+            wq = Quantizer(layer_bits, signed=True, method=method, channels=channels,
+                           ndim=layer.weight.dim(), init=init, grad_scale=grad_scale)
+            wq.init_from(layer.weight, where=f"layer {name!r} (weights)")
+            aq = Quantizer(layer_bits, signed=signed.get(name, False), method=method,
+                           channels=None, init=init, grad_scale=grad_scale)
+            if act_granularity == "channel":
+                warnings.warn("kernel-wise activation steps are not supported; using layer-wise",
+                              stacklevel=2)
+        parent_name, _, child = name.rpartition(".")
+        parent = modules[parent_name] if parent_name else model
+        setattr(parent, child, quantized_copy(layer, wq, aq, role))
+    return model
+
+
+def conversion_report(model: nn.Module) -> pd.DataFrame:
+    """One row per conv/linear layer: its name, kind, bits, granularity and input signedness."""
+    rows = []
+    for name, m in _layers(model):
+        wq = getattr(m, "weight_quantizer", None)
+        aq = getattr(m, "act_quantizer", None)
+        kind = "linear" if isinstance(m, nn.Linear) else (
+            "conv-depthwise" if m.groups > 1 and m.groups == m.in_channels else "conv")
+        rows.append({
+            "layer": name,
+            "kind": kind,
+            "role": getattr(m, "role", "-"),
+            "weight_bits": wq.bits if wq else FULL_PRECISION,
+            "act_bits": aq.bits if aq else FULL_PRECISION,
+            "granularity": wq.granularity if wq else "-",
+            "signed_input": bool(aq.signed) if aq else None,
+            "method": (wq or aq).method if (wq or aq) else "fp",
+        })
+    return pd.DataFrame(rows)
+
+
+def _first_tensor(batch: object) -> torch.Tensor:
+    if isinstance(batch, torch.Tensor):
+        return batch
+    if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], torch.Tensor):
+        return batch[0]
+    raise TypeError(
+        f"calibrate needs batches that are tensors or (inputs, targets) pairs, got "
+        f"{type(batch).__name__}"
+    )
+
+
+def calibrate(model: nn.Module, batches: Iterable, num_batches: int = 100) -> nn.Module:
+    """Initialise every step from data: weights by Eq. 9, activations by Eq. 10 (or the layer's
+    init rule), taking the maximum over the first ``num_batches`` batches of the per-batch value.
+
+    The forward passes run in training mode in full precision (quantizers pass inputs through),
+    so the statistics are those the first training steps see. Nothing else changes: BatchNorm
+    running statistics and every other buffer, the weights, the train/eval mode and the RNG
+    states are restored afterwards.
+    """
+    if isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1:
+        raise ValueError(f"num_batches must be a positive integer, got {num_batches!r}")
+    named = quantizers(model)
+    if not named:
+        raise ValueError("the model has no quantizers; convert it with uniq.quantize_model first")
+    for name, q in named:
+        if name.endswith("weight_quantizer"):
+            layer = model.get_submodule(name.rpartition(".")[0])
+            q.init_from(layer.weight, where=f"{name} (weights)")
+    acts = [(n, q) for n, q in named if n.endswith("act_quantizer")]
+    device = next(model.parameters()).device
+    buffers = {k: v.clone() for k, v in model.state_dict(keep_vars=True).items()
+               if not isinstance(v, nn.Parameter) and isinstance(v, torch.Tensor)}
+    rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    was_training = model.training
+    seen = 0
+    try:
+        # Every quantizer passes its input through, so the statistics are the full-precision
+        # model's; weight quantizers observe too, harmlessly (their steps were set above).
+        for _, q in named:
+            q.observing, q.observed = True, None
+        model.train()
+        with torch.no_grad():
+            for batch in islice(batches, num_batches):
+                x = _first_tensor(batch).to(device, non_blocking=True)
+                if not bool(torch.isfinite(x).all()):
+                    raise ValueError(f"calibration batch {seen} contains NaN or inf")
+                model(x)
+                seen += 1
+        if seen == 0:
+            raise ValueError("calibrate got no batches; pass a non-empty loader or list")
+        for name, q in acts:
+            if q.observed is None:
+                raise ValueError(f"{name}: no calibration batch reached this layer")
+            q.set_step(q.observed, where=name)
+    finally:
+        for _, q in named:
+            q.observing, q.observed = False, None
+        with torch.no_grad():
+            state = model.state_dict(keep_vars=True)
+            for k, v in buffers.items():
+                state[k].copy_(v)
+        model.train(was_training)
+        torch.set_rng_state(rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+    if seen < num_batches:
+        warnings.warn(f"calibrate used {seen} batches, fewer than num_batches={num_batches}",
+                      stacklevel=2)
+    return model
+
+
+__all__ = ["quantize_model", "conversion_report", "calibrate", "layer_policy", "probe_layers",
+           "QConv2d", "QLinear"]

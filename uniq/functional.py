@@ -1,0 +1,149 @@
+"""Fake-quantizers with straight-through gradients: UniQ (Eq. 3, Eq. 5) and the LSQ baseline.
+
+Every function takes a float tensor ``x`` and a learnable ``step`` that broadcasts against it:
+a scalar tensor for layer-wise quantization, shape ``(C, 1, 1, 1)`` (conv) or ``(C, 1)`` (linear)
+for kernel-wise quantization. The forward value is the quantized tensor; the backward pass uses
+the straight-through estimator (STE) for ``round`` and the exact derivative of ``clip``:
+
+* d out / d x    = 1 inside the clip range, 0 outside.
+* d out / d step = ``round(u) - u`` inside (``u`` the scaled input); outside the range it is the
+  derivative of the clipped level itself: ``+-(N-1)/2`` for Eq. 3, ``N-1`` / ``0`` for Eq. 5,
+  ``Qp`` / ``-Qn`` for LSQ. (The paper's Eq. 6 writes ``sign(x) * alpha`` outside the range;
+  ``alpha / step = (N-1)/2`` is the actual derivative, see NOTES.md.)
+
+``grad_scale`` multiplies only the step's gradient (LSQ's ``1/sqrt(numel * Qp)`` trick).
+
+The functions are written with the "detach trick" rather than a custom autograd.Function so that
+``torch.compile(fullgraph=True)`` traces them without graph breaks, and so that autograd reduces
+the step's gradient over broadcast dimensions by itself. The trick is arranged so the forward value
+is bit-exact: ``(t - t.detach()) + r.detach()`` evaluates to ``0 + r``.
+
+Steps stay positive: the step used in the forward pass is ``max(step, MIN_STEP)`` with a
+straight-through gradient, so an optimizer that pushes a step through zero cannot produce a
+division by zero or a sign flip, and the step can still recover. Value checks that would need a
+host sync (positive step, finite input) run only for CPU tensors outside ``torch.compile``.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+
+MIN_STEP = 1e-8
+"""Smallest step size used in a forward pass (the guard that keeps steps positive)."""
+
+MAX_BITS = 8
+
+
+def check_bits(bits: object, *, allow_binary: bool = True) -> int:
+    """Return ``bits`` as an int, or raise a ValueError that says what is accepted."""
+    low = 1 if allow_binary else 2
+    if isinstance(bits, bool) or not isinstance(bits, numbers.Integral):
+        raise ValueError(
+            f"bits must be an integer from {low} to {MAX_BITS}, got {bits!r} "
+            f"({type(bits).__name__}); pass e.g. bits=2"
+        )
+    if not low <= int(bits) <= MAX_BITS:
+        hint = " (LSQ's signed quantizer has no 1-bit form; use method='uniq')" if bits == 1 else ""
+        raise ValueError(f"bits must be from {low} to {MAX_BITS}, got {bits}{hint}")
+    return int(bits)
+
+
+def _values_checkable(t: torch.Tensor) -> bool:
+    # Reading a CPU tensor costs no device sync; CUDA tensors and compiled graphs are left alone.
+    return t.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
+def _check_inputs(x: torch.Tensor, step: torch.Tensor | float, name: str) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise TypeError(f"{name}: x must be a floating-point tensor, got {type(x).__name__}")
+    if not isinstance(step, torch.Tensor):
+        if not isinstance(step, numbers.Real) or not step > 0:
+            raise ValueError(f"{name}: step must be a positive number, got {step!r}")
+        step = torch.tensor(float(step), dtype=x.dtype, device=x.device)
+    if _values_checkable(step) and not bool((step > 0).all()):
+        raise ValueError(
+            f"{name}: every step must be positive, got min {step.min().item():g}; "
+            "initialise it from data (uniq.calibrate) or with a positive constant"
+        )
+    if _values_checkable(x) and not bool(torch.isfinite(x).all()):
+        raise ValueError(
+            f"{name}: input contains NaN or inf; check the data and the preceding layers"
+        )
+    return step
+
+
+def round_ste(t: torch.Tensor) -> torch.Tensor:
+    """``round(t)`` in the forward pass, identity in the backward pass (STE)."""
+    return (t - t.detach()) + t.round().detach()
+
+
+def scale_grad(t: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
+    """Identity in the forward pass (bit-exact); multiplies the gradient by ``scale``."""
+    if isinstance(scale, numbers.Real) and scale == 1.0:
+        return t
+    scaled = t * scale
+    return (scaled - scaled.detach()) + t.detach()
+
+
+def positive_step(step: torch.Tensor) -> torch.Tensor:
+    """``max(step, MIN_STEP)`` with a straight-through gradient."""
+    return (step - step.detach()) + step.detach().clamp_min(MIN_STEP)
+
+
+def symmetric_quantize(
+    x: torch.Tensor, step: torch.Tensor | float, bits: int, grad_scale: float = 1.0
+) -> torch.Tensor:
+    """UniQ's symmetric quantizer for weights (Eq. 3): ``round(clip_N((x + a)/D)) D - a``.
+
+    ``N = 2**bits`` levels at ``(k - (N-1)/2) D``, ``a = D (N-1)/2``; there is no zero level,
+    and ``bits=1`` is the binary case ``+-D/2``. Clip happens before round.
+    """
+    bits = check_bits(bits)
+    step = _check_inputs(x, step, "symmetric_quantize")
+    levels = 2**bits - 1  # N - 1
+    half = levels / 2
+    d = positive_step(scale_grad(step, grad_scale))
+    u = torch.clamp(x / d + half, 0, levels)
+    return (round_ste(u) - half) * d
+
+
+def unsigned_quantize(
+    x: torch.Tensor, step: torch.Tensor | float, bits: int, grad_scale: float = 1.0
+) -> torch.Tensor:
+    """UniQ's activation quantizer (Eq. 5): ``round(clip_N(x / D)) D``, levels ``0 .. (N-1) D``."""
+    bits = check_bits(bits)
+    step = _check_inputs(x, step, "unsigned_quantize")
+    levels = 2**bits - 1
+    d = positive_step(scale_grad(step, grad_scale))
+    return round_ste(torch.clamp(x / d, 0, levels)) * d
+
+
+def lsq_range(bits: int, signed: bool) -> tuple[int, int]:
+    """LSQ's integer range ``(Qn, Qp)``: two's complement if signed, else ``(0, 2**bits - 1)``."""
+    bits = check_bits(bits, allow_binary=not signed)
+    return (2 ** (bits - 1), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+
+
+def lsq_quantize(
+    x: torch.Tensor, step: torch.Tensor | float, bits: int, signed: bool, grad_scale: float = 1.0
+) -> torch.Tensor:
+    """LSQ (Esser et al. 2020): ``round(clip(x/s, -Qn, Qp)) s``; signed uses two's complement.
+
+    LSQ has no 1-bit signed quantizer (``Qp = 0``): ``bits=1, signed=True`` is a ValueError.
+    """
+    qn, qp = lsq_range(bits, signed)
+    step = _check_inputs(x, step, "lsq_quantize")
+    s = positive_step(scale_grad(step, grad_scale))
+    return round_ste(torch.clamp(x / s, -qn, qp)) * s
+
+
+def step_grad_scale(numel: int, bits: int, signed: bool, method: str = "uniq") -> float:
+    """LSQ's step-gradient scale ``1 / sqrt(numel * Qp)``.
+
+    ``Qp`` follows the authors' code: for signed inputs ``max(2**(bits-1) - 1, 1)`` (so the
+    binary case is defined), for unsigned ``2**bits - 1``.
+    """
+    qp = max(2 ** (bits - 1) - 1, 1) if signed else 2**bits - 1
+    return 1.0 / float(numel * qp) ** 0.5
