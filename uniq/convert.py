@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .dynamics import preserved_state
 from .functional import check_bits
 from .modules import GRANULARITIES, METHODS, QConv2d, QLinear, Quantizer, quantized_copy, quantizers
 
@@ -228,19 +229,14 @@ def calibrate(model: nn.Module, batches: Iterable, num_batches: int = 100) -> nn
             q.init_from(layer.weight, where=f"{name} (weights)")
     acts = [(n, q) for n, q in named if n.endswith("act_quantizer")]
     device = next(model.parameters()).device
-    buffers = {k: v.clone() for k, v in model.state_dict(keep_vars=True).items()
-               if not isinstance(v, nn.Parameter) and isinstance(v, torch.Tensor)}
-    rng = torch.get_rng_state()
-    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    was_training = model.training
     seen = 0
+    # Every quantizer passes its input through, so the statistics are the full-precision
+    # model's; weight quantizers observe too, harmlessly (their steps were set above).
     try:
-        # Every quantizer passes its input through, so the statistics are the full-precision
-        # model's; weight quantizers observe too, harmlessly (their steps were set above).
-        for _, q in named:
-            q.observing, q.observed = True, None
-        model.train()
-        with torch.no_grad():
+        with preserved_state(model), torch.no_grad():
+            for _, q in named:
+                q.observing, q.observed = True, None
+            model.train()
             for batch in islice(batches, num_batches):
                 x = _first_tensor(batch).to(device, non_blocking=True)
                 if not bool(torch.isfinite(x).all()):
@@ -256,14 +252,6 @@ def calibrate(model: nn.Module, batches: Iterable, num_batches: int = 100) -> nn
     finally:
         for _, q in named:
             q.observing, q.observed = False, None
-        with torch.no_grad():
-            state = model.state_dict(keep_vars=True)
-            for k, v in buffers.items():
-                state[k].copy_(v)
-        model.train(was_training)
-        torch.set_rng_state(rng)
-        if cuda_rng is not None:
-            torch.cuda.set_rng_state_all(cuda_rng)
     if seen < num_batches:
         warnings.warn(f"calibrate used {seen} batches, fewer than num_batches={num_batches}",
                       stacklevel=2)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -90,7 +90,7 @@ def distortion_derivative(step: float, bits: int, kind: str) -> float:
     return float(-2 * _density_weight(kind) * np.sum(m * (m1 - m * step * m0)))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _optimum(bits: int, kind: str) -> tuple[float, float]:
     bits, kind = check_bits(bits), _check_kind(kind)
     # A bounded search brackets the minimum; brentq then solves Eq. 8 = 0 to full precision.
@@ -157,7 +157,7 @@ INIT_RULES = ("mse", "lsq")
 
 
 def check_init(init: object) -> str | float:
-    """Validate an init rule: "mse" (Eq. 9/10), "lsq" (2 E|X| / sqrt(Qp)), or a positive constant."""
+    """Validate an init rule: "mse" (Eq. 9/10), "lsq" (2 E|X| / sqrt(Qp)) or a constant > 0."""
     if isinstance(init, str):
         if init not in INIT_RULES:
             raise ValueError(f"init must be 'mse', 'lsq' or a positive number, got {init!r}")

@@ -1,0 +1,108 @@
+"""Data: the real CIFAR-100 reader on files in the real format, the synthetic set, augmentation."""
+
+import pickle
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+
+from uniq import data as D
+
+
+def write_fake_cifar100(root, n_train=20, n_test=10, seed=0):
+    """A tiny CIFAR-100 in the release's on-disk format (python pickles in cifar-100-python/)."""
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    for split, n in (("train", n_train), ("test", n_test)):
+        entry = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                 "fine_labels": rng.integers(0, 100, n).tolist(),
+                 "coarse_labels": rng.integers(0, 20, n).tolist(),
+                 "filenames": [f"{i}.png" for i in range(n)]}
+        with (folder / split).open("wb") as f:
+            pickle.dump(entry, f)
+    return folder
+
+
+def test_cifar100_reads_the_release_format(tmp_path):
+    folder = write_fake_cifar100(tmp_path)
+    train = D.cifar100(tmp_path, train=True, download=False)
+    with (folder / "train").open("rb") as f:
+        raw = pickle.load(f, encoding="latin1")
+    assert train.images.shape == (20, 3, 32, 32) and train.images.dtype == torch.uint8
+    # channel-major rows of 1024 values: R plane, G plane, B plane
+    assert torch.equal(train.images[3, 1].flatten(), torch.from_numpy(raw["data"][3, 1024:2048]))
+    assert train.labels.tolist() == raw["fine_labels"]
+    assert len(D.cifar100(tmp_path, train=False, download=False)) == 10
+
+
+def test_cifar100_extracts_the_archive(tmp_path):
+    src = tmp_path / "src"
+    write_fake_cifar100(src)
+    root = tmp_path / "data"
+    root.mkdir()
+    with tarfile.open(root / "cifar-100-python.tar.gz", "w:gz") as tar:
+        tar.add(src / "cifar-100-python", arcname="cifar-100-python")
+    assert len(D.cifar100(root, train=True, download=False)) == 20
+
+
+def test_missing_cifar100_offline_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="cifar-100-python.tar.gz"):
+        D.cifar100(tmp_path, train=True, download=False)
+
+
+def test_synthetic_is_deterministic_and_shaped_like_cifar():
+    a = D.synthetic_cifar(300, train=True, seed=3)
+    b = D.synthetic_cifar(300, train=True, seed=3)
+    c = D.synthetic_cifar(300, train=False, seed=3)
+    assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+    assert a.images.shape == (300, 3, 32, 32) and a.images.dtype == torch.uint8
+    assert not torch.equal(a.images, c.images)
+    assert a.num_classes == 100 and a.name == "synthetic"
+
+
+def _offsets(batch, marker):
+    """Recover the crop offset and flip of each augmented marker image."""
+    out = []
+    for img in batch:
+        ys, xs = torch.nonzero(img[0] == 255, as_tuple=True)
+        out.append((int(ys.min()), int(xs.min())))
+    return out
+
+
+def test_both_loaders_give_the_same_augmentation_distribution():
+    # One image with a single bright 2x1 pixel pair: its position after augmentation reveals
+    # the crop offset (dy, dx) and the flip.
+    img = torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
+    img[0, 0, 15, 15] = 255
+    img[0, 0, 15, 16] = 255
+    n = 4000
+    data = D.ImageData(img.repeat(n, 1, 1, 1), torch.zeros(n, dtype=torch.long), "marker", 1,
+                       mean=(0, 0, 0), std=(1 / 255, 1 / 255, 1 / 255))
+    counts = {}
+    for kind in ("tensor", "dataloader"):
+        loader = D.make_loader(data, 500, True, "cpu", kind, seed=1, workers=0)
+        loader.set_epoch(0)
+        xs = torch.cat([x for x, _ in loader]).round().to(torch.uint8)
+        pos = torch.tensor(_offsets(xs, 255))
+        counts[kind] = (torch.bincount(pos[:, 0], minlength=32)[11:20].float() / len(pos),
+                        torch.bincount(pos[:, 1], minlength=32)[10:20].float() / len(pos))
+    for tensor_hist, loader_hist in zip(counts["tensor"], counts["dataloader"], strict=True):
+        assert (tensor_hist - loader_hist).abs().max() < 0.03
+    rows, cols = counts["tensor"]
+    assert (rows - 1 / 9).abs().max() < 0.03  # 9 equally likely vertical offsets
+
+
+def test_tensor_loader_epochs_are_reproducible_and_distinct():
+    data = D.synthetic_cifar(256, seed=0)
+    loader = D.TensorLoader(data, 64, True, "cpu", seed=5)
+    loader.set_epoch(2)
+    first = [x for x, _ in loader]
+    loader.set_epoch(2)
+    again = [x for x, _ in loader]
+    loader.set_epoch(3)
+    other = [x for x, _ in loader]
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not torch.equal(first[0], other[0])
+    assert len(loader) == 4

@@ -1,0 +1,260 @@
+"""CIFAR-100 (real, via torchvision) and an offline synthetic stand-in, with two input pipelines.
+
+* ``TensorLoader``: the whole uint8 dataset lives on the training device; shuffling, random
+  crop (4-pixel zero padding) and horizontal flip run there as batched tensor ops, with no
+  DataLoader workers. This is the fast path (and on the CPU it is still the simplest).
+* ``dataloader``: torchvision transforms in a ``torch.utils.data.DataLoader``, the portable path.
+
+Both draw crop offsets uniformly from 0..8 in each axis and flip with probability 1/2, so they
+give the same augmentation distribution (a test checks it).
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from torch.utils.data import DataLoader, Dataset
+
+CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+PAD = 4
+
+
+@dataclass
+class ImageData:
+    """Images as uint8 ``(N, 3, H, W)``, labels as int64 ``(N,)``, and what they are."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    name: str
+    num_classes: int
+    mean: tuple[float, ...] = CIFAR100_MEAN
+    std: tuple[float, ...] = CIFAR100_STD
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, fraction: float, seed: int = 0) -> ImageData:
+        """A class-balanced-in-expectation random fraction of the data (for quick runs)."""
+        if not 0 < fraction <= 1:
+            raise ValueError(f"data fraction must be in (0, 1], got {fraction}")
+        if fraction == 1:
+            return self
+        n = max(1, int(round(len(self) * fraction)))
+        idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
+        return ImageData(self.images[idx], self.labels[idx], f"{self.name}[{fraction:g}]",
+                         self.num_classes, self.mean, self.std)
+
+
+def cifar100(root: str | Path = "data", train: bool = True, download: bool = True) -> ImageData:
+    """CIFAR-100 from its python-pickle release (``cifar-100-python/{train,test}``) under ``root``.
+
+    Order of preference: the extracted folder, then ``cifar-100-python.tar.gz`` in ``root``
+    (extracted here), then a torchvision download (checksum-verified) if ``download``. Offline
+    without the files: a clear error that says where to put them.
+    """
+    root = Path(root)
+    folder = root / "cifar-100-python"
+    split = folder / ("train" if train else "test")
+    if not split.exists():
+        archive = root / "cifar-100-python.tar.gz"
+        if archive.exists():
+            with tarfile.open(archive) as tar:
+                tar.extractall(root, filter="data")
+        elif download:
+            try:
+                torchvision.datasets.CIFAR100(str(root), train=train, download=True)
+            except Exception as err:  # noqa: BLE001 - any network failure gets the same advice
+                raise FileNotFoundError(_missing_cifar(root, folder, err)) from err
+        if not split.exists():
+            raise FileNotFoundError(_missing_cifar(root, folder, None))
+    with split.open("rb") as f:
+        entry = pickle.load(f, encoding="latin1")
+    try:
+        flat = np.asarray(entry["data"], dtype=np.uint8)
+        images = torch.from_numpy(flat.reshape(-1, 3, 32, 32).copy())
+        labels = torch.tensor(entry["fine_labels"], dtype=torch.int64)
+    except (KeyError, ValueError) as err:
+        raise ValueError(f"{split} is not a CIFAR-100 python-pickle file ({err})") from err
+    if len(images) != len(labels) or (len(labels) and int(labels.max()) >= 100):
+        raise ValueError(f"{split}: {len(images)} images, {len(labels)} labels: malformed file")
+    return ImageData(images, labels, "cifar100", 100)
+
+
+def _missing_cifar(root: Path, folder: Path, err: Exception | None) -> str:
+    why = f" (download failed: {err})" if err else ""
+    return (
+        f"CIFAR-100 is not in {root.resolve()}{why}. Put cifar-100-python.tar.gz there (from "
+        f"https://www.cs.toronto.edu/~kriz/cifar.html) or its extracted folder at "
+        f"{folder.resolve()}, or use dataset='synthetic' to run offline on generated data"
+    )
+
+
+def synthetic_cifar(
+    n: int = 50_000, train: bool = True, seed: int = 0, num_classes: int = 100, size: int = 32
+) -> ImageData:
+    """A generated stand-in for CIFAR-100: same shapes and dtype, deterministic from ``seed``.
+
+    Each class has a smooth colour template (low-frequency noise, upsampled); an image is its
+    class template, randomly shifted and scaled in contrast, plus pixel noise. A small CNN learns
+    it well above chance within a few hundred steps, so training curves are meaningful offline.
+    Train and test splits share templates (same ``seed``) and differ in their samples.
+    """
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.randn(num_classes, 3, 4, 4, generator=g)
+    templates = torch.nn.functional.interpolate(coarse, size=size + 2 * PAD, mode="bicubic",
+                                                align_corners=False)
+    gs = torch.Generator().manual_seed(seed * 1_000_003 + (1 if train else 2))
+    labels = torch.randint(num_classes, (n,), generator=gs)
+    dx = torch.randint(2 * PAD + 1, (n,), generator=gs)
+    dy = torch.randint(2 * PAD + 1, (n,), generator=gs)
+    contrast = 0.6 + 0.8 * torch.rand(n, 1, 1, 1, generator=gs)
+    rows = dy[:, None] + torch.arange(size)
+    cols = dx[:, None] + torch.arange(size)
+    crops = templates[labels[:, None, None], :, rows[:, :, None], cols[:, None, :]]
+    crops = crops.permute(0, 3, 1, 2)  # (n, 3, size, size)
+    noise = torch.randn(n, 3, size, size, generator=gs)
+    x = 128 + 40 * (contrast * crops + 0.8 * noise)
+    images = x.round().clamp(0, 255).to(torch.uint8)
+    return ImageData(images, labels, "synthetic", num_classes)
+
+
+def load_dataset(
+    name: str, train: bool, root: str | Path = "data", seed: int = 0,
+    synthetic_size: tuple[int, int] = (50_000, 10_000), download: bool = True,
+) -> ImageData:
+    """``name`` is "cifar100" or "synthetic" (sizes from ``synthetic_size``: train, test)."""
+    if name == "cifar100":
+        return cifar100(root, train, download)
+    if name == "synthetic":
+        return synthetic_cifar(synthetic_size[0 if train else 1], train, seed)
+    raise ValueError(f"unknown dataset {name!r}; use 'cifar100' or 'synthetic'")
+
+
+# --- augmentation -------------------------------------------------------------------------
+
+
+def random_crop_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random crop after 4-pixel zero padding, and horizontal flip with p=1/2, batched."""
+    n, c, h, w = images.shape
+    padded = torch.nn.functional.pad(images, (PAD, PAD, PAD, PAD))
+    dev = images.device
+    dy = torch.randint(2 * PAD + 1, (n,), generator=generator, device=dev)
+    dx = torch.randint(2 * PAD + 1, (n,), generator=generator, device=dev)
+    flip = torch.rand(n, generator=generator, device=dev) < 0.5
+    rows = dy[:, None] + torch.arange(h, device=dev)
+    cols = dx[:, None] + torch.arange(w, device=dev)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    out = padded[torch.arange(n, device=dev)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
+    return out.permute(0, 3, 1, 2)
+
+
+def normalize(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...],
+              dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    m = torch.tensor(mean, device=images.device, dtype=dtype).view(1, -1, 1, 1) * 255
+    s = torch.tensor(std, device=images.device, dtype=dtype).view(1, -1, 1, 1) * 255
+    return (images.to(dtype) - m) / s
+
+
+class TensorLoader:
+    """Batches from a device-resident uint8 dataset; augmentation and shuffling on the device.
+
+    Each epoch's order and augmentation come from a generator seeded by ``(seed, epoch)``, so a
+    resumed run sees exactly the batches an uninterrupted one would.
+    """
+
+    def __init__(self, data: ImageData, batch_size: int, train: bool, device: torch.device | str,
+                 seed: int = 0, drop_last: bool | None = None,
+                 memory_format: torch.memory_format = torch.contiguous_format) -> None:
+        self.data = data
+        self.images = data.images.to(device)
+        self.labels = data.labels.to(device)
+        self.batch_size = batch_size
+        self.train = train
+        self.device = torch.device(device)
+        self.seed = seed
+        self.drop_last = train if drop_last is None else drop_last
+        self.memory_format = memory_format
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        n = len(self.labels)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self):
+        n = len(self.labels)
+        g = torch.Generator(device=self.device).manual_seed(self.seed * 100_003 + self.epoch)
+        order = (torch.randperm(n, generator=g, device=self.device) if self.train
+                 else torch.arange(n, device=self.device))
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            x = self.images[idx]
+            if self.train:
+                x = random_crop_flip(x, g)
+            x = normalize(x, self.data.mean, self.data.std).contiguous(
+                memory_format=self.memory_format)
+            yield x, self.labels[idx]
+
+
+class _AugmentedDataset(Dataset):
+    def __init__(self, data: ImageData, train: bool) -> None:
+        from torchvision.transforms import v2
+
+        self.data = data
+        steps = [v2.RandomCrop(32, padding=PAD), v2.RandomHorizontalFlip()] if train else []
+        self.transform = v2.Compose(steps)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int):
+        return self.transform(self.data.images[i]), self.data.labels[i]
+
+
+class NormalizingLoader:
+    """A DataLoader (torchvision transforms, worker processes) that yields normalised floats."""
+
+    def __init__(self, data: ImageData, batch_size: int, train: bool, device: torch.device | str,
+                 seed: int = 0, workers: int = 2,
+                 memory_format: torch.memory_format = torch.contiguous_format) -> None:
+        self.data, self.device, self.seed, self.train = data, torch.device(device), seed, train
+        self.memory_format = memory_format
+        self.generator = torch.Generator()
+        self.loader = DataLoader(
+            _AugmentedDataset(data, train), batch_size=batch_size, shuffle=train,
+            drop_last=train, num_workers=workers, generator=self.generator,
+            pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
+        )
+
+    def set_epoch(self, epoch: int) -> None:
+        self.generator.manual_seed(self.seed * 100_003 + epoch)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for x, y in self.loader:
+            x = x.to(self.device, non_blocking=True)
+            yield (normalize(x, self.data.mean, self.data.std).contiguous(
+                memory_format=self.memory_format), y.to(self.device, non_blocking=True))
+
+
+def make_loader(data: ImageData, batch_size: int, train: bool, device: torch.device | str,
+                kind: str = "tensor", seed: int = 0, workers: int = 2,
+                memory_format: torch.memory_format = torch.contiguous_format):
+    """``kind="tensor"`` (device-resident, fast) or ``"dataloader"`` (portable)."""
+    if kind == "tensor":
+        return TensorLoader(data, batch_size, train, device, seed, memory_format=memory_format)
+    if kind == "dataloader":
+        return NormalizingLoader(data, batch_size, train, device, seed, workers, memory_format)
+    raise ValueError(f"unknown loader {kind!r}; use 'tensor' or 'dataloader'")
