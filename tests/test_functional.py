@@ -183,7 +183,6 @@ def test_dtypes(dtype):
 
 
 def test_steps_stay_positive_in_the_forward_pass():
-    x = torch.randn(10)
     step = torch.tensor(0.3, requires_grad=True)
     with torch.no_grad():
         step.sub_(1.0)  # an optimizer overshoot

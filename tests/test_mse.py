@@ -61,7 +61,8 @@ def test_monte_carlo_agrees_with_the_closed_form(bits):
 def test_step_statistics():
     w = torch.randn(4, 100, dtype=torch.float64) * torch.tensor([[1.0], [2.0], [3.0], [4.0]])
     per_channel = mse.step_statistic(w, 2, True, "mse", dims=(1,))
-    assert torch.allclose(per_channel.flatten().double(), mse.optimal_step(2, "weight") * w.std(dim=1))
+    expected = mse.optimal_step(2, "weight") * w.std(dim=1)
+    assert torch.allclose(per_channel.flatten().double(), expected)
     x = torch.rand(1000)
     assert mse.step_statistic(x, 3, False, "mse").item() == pytest.approx(
         mse.optimal_step(3, "activation") * math.sqrt(2 * x.pow(2).mean().item()), rel=1e-6)

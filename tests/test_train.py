@@ -202,3 +202,20 @@ def test_config_hash_ignores_placement_but_not_recipe(tmp_path):
     assert a.key() == tiny(tmp_path / "x", epochs=2, device="cpu", compile="default").key()
     assert a.key() != tiny(tmp_path, epochs=2, lr=0.05).key()
     assert a.key() != tiny(tmp_path, epochs=3).key()
+
+
+def test_quantized_model_compiles_without_graph_breaks():
+    import uniq
+    from uniq.models import preact_resnet
+
+    torch.manual_seed(0)
+    q = uniq.quantize_model(preact_resnet(8), 2)
+    uniq.calibrate(q, [torch.randn(8, 3, 32, 32)], 1)
+    compiled = torch.compile(q, fullgraph=True, backend="aot_eager")
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(100, (4,))
+    opt = torch.optim.SGD(q.parameters(), lr=0.0)  # lr 0: the weights stay as they are
+    loss_c, _ = T.train_step(compiled, opt, x, y, False)
+    loss_e, _ = T.train_step(q, opt, x, y, False)
+    assert torch.allclose(loss_c, loss_e, rtol=1e-5)
+    explanation = torch._dynamo.explain(q)(x)
+    assert explanation.graph_break_count == 0
