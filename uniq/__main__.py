@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from .imagenet import add_imagenet_parser
 from .recipes import RECIPES
 
 
@@ -108,8 +109,14 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
     from .reproduce import reproduce
 
     only = [int(x) for x in a.only.split(",")] if a.only else None
+    params = {}
+    for kv in a.param:
+        if "=" not in kv:
+            raise ValueError(f"-p expects NAME=VALUE, got {kv!r}")
+        name, value = kv.split("=", 1)
+        params[name] = value
     return reproduce(a.profile, only=only, keep_going=a.keep_going, out_dir=a.out_dir,
-                     parameters=dict(kv.split("=", 1) for kv in a.param))
+                     parameters=params, notebooks_dir=a.notebooks_dir)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,16 +132,13 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out-dir", default=None, help="default: results/<profile>")
     r.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
                    help="extra notebook parameter (must exist in the notebooks' parameters cell)")
+    r.add_argument("--notebooks-dir", default=None,
+                   help="run another folder of NN_*.ipynb notebooks (default: notebooks/)")
     r.set_defaults(func=cmd_reproduce)
     t1 = sub.add_parser("table1", help="print Table 1 computed from Eq. 7/8")
     t1.add_argument("--max-bits", type=int, default=4)
     t1.set_defaults(func=cmd_table1)
-    try:
-        from .imagenet import add_imagenet_parser
-    except ImportError:  # pragma: no cover - the ImageNet module is optional at import time
-        pass
-    else:
-        add_imagenet_parser(sub)
+    add_imagenet_parser(sub)
     args = p.parse_args(argv)
     try:
         return args.func(args)

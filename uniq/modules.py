@@ -55,6 +55,9 @@ class Quantizer(nn.Module):
         self.step = nn.Parameter(torch.ones(shape))
         self.initialized = False
         self.observing = False
+        # Under data parallelism an activation quantizer sees 1/world of the batch; counting
+        # the global batch keeps the step's gradient scale independent of the process count.
+        self.batch_replicas = 1
         self.observed: torch.Tensor | None = None
         if isinstance(self.init, float):
             self.set_step(torch.full(shape, self.init))
@@ -135,7 +138,7 @@ class Quantizer(nn.Module):
             )
         g = 1.0
         if self.grad_scale:
-            g = QF.step_grad_scale(x.numel(), self.bits, self.signed)
+            g = QF.step_grad_scale(x.numel() * self.batch_replicas, self.bits, self.signed)
         if self.method == "lsq":
             return QF.lsq_quantize(x, self.step, self.bits, self.signed, g)
         if self.signed:

@@ -1,0 +1,150 @@
+"""The smoke reproduction end to end (all notebooks through papermill) and the runner's errors."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+
+from uniq.mse import paper_tables
+from uniq.reproduce import notebooks, reproduce
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("smoke")
+    code = reproduce("smoke", out_dir=tmp / "results", parameters={"RUNS_DIR": str(tmp / "runs")})
+    return code, tmp / "results"
+
+
+def test_every_notebook_runs(smoke):
+    code, out = smoke
+    assert code == 0
+    for nb in notebooks():
+        executed = nbformat.read(out / nb.name, as_version=4)
+        assert any(c.get("outputs") for c in executed.cells if c.cell_type == "code")
+
+
+def test_every_table_has_its_rows_and_columns(smoke):
+    _, out = smoke
+    paper = paper_tables()
+    expected_rows = {2: int((paper.table == 2).sum()), 3: int((paper.table == 3).sum()),
+                     4: 8, 5: 8, 6: 10}
+    for table, rows in expected_rows.items():
+        df = pd.read_csv(out / f"table{table}.csv")
+        assert len(df) == rows, table
+        assert {"top1", "paper_top1", "diff", "profile", "dataset"} <= set(df.columns), table
+        assert (out / f"table{table}.md").exists()
+    for table in (4, 5, 6):
+        df = pd.read_csv(out / f"table{table}.csv")
+        assert df.top1.notna().all() and (df.dataset == "synthetic").all()
+        assert not df.comparable_to_paper.any() and (df.profile == "smoke").all()
+        assert "NOT comparable" in (out / f"table{table}.md").read_text()
+    t5 = pd.read_csv(out / "table5.csv")
+    assert sorted(t5.init.astype(str).unique()) == ["0.1", "0.2", "LSQ", "MSE"]
+
+
+def test_table1_in_the_results_matches_the_paper(smoke):
+    _, out = smoke
+    t1 = pd.read_csv(out / "table1.csv")
+    printed = t1[t1.bits <= 4]
+    assert len(printed) == 4
+    for tag in ("w", "a"):
+        assert (printed[f"step_{tag}"] - printed[f"step_{tag}_paper"]).abs().max() <= 0.001
+        assert (printed[f"sqnr_{tag}_db"] - printed[f"sqnr_{tag}_db_paper"]).abs().max() <= 0.05
+
+
+def test_figures_and_summary_exist(smoke):
+    _, out = smoke
+    for name in ("figure1", "figure3", "figure4", "fp_training", "quantizers_transfer",
+                 "mse_distortion_curves"):
+        path = out / f"{name}.png"
+        assert path.exists() and path.stat().st_size > 10_000, name
+    summary = pd.read_csv(out / "summary.csv")
+    assert {1, 4, 5, 6} <= set(summary.table)
+
+
+def test_provenance_is_complete(smoke):
+    _, out = smoke
+    p = json.loads((out / "provenance.json").read_text())
+    assert p["profile"] == "smoke" and p["dataset"] == "synthetic"
+    assert len(p["git"]["commit"]) == 40 or p["git"]["commit"] == "unknown"
+    for pkg in ("torch", "torchvision", "papermill", "pytorchcv", "python"):
+        assert p["versions"][pkg]
+    assert "cuda_available" in p["device"] and p["parameters"]["PROFILE"] == "smoke"
+    assert p["seeds"] and p["failures"] == []
+    assert all(v["ok"] for v in p["notebooks"].values()) and len(p["notebooks"]) == 8
+    assert "04_table4_figure3" in p["notebook_records"]
+
+
+def test_committed_notebooks_carry_no_outputs():
+    for nb in notebooks():
+        book = nbformat.read(nb, as_version=4)
+        for cell in book.cells:
+            if cell.cell_type == "code":
+                assert not cell.outputs and cell.execution_count is None, nb.name
+        tagged = [c for c in book.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(tagged) == 1, nb.name
+
+
+def _notebook(path, code):
+    book = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('PROFILE = "smoke"\nRESULTS_DIR = None')
+    params.metadata["tags"] = ["parameters"]
+    book.cells = [params, nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell(code)]
+    book.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                   "language": "python"}
+    nbformat.write(book, path)
+
+
+@pytest.fixture
+def broken(tmp_path):
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    _notebook(nbs / "01_fine.ipynb", "print('fine')")
+    _notebook(nbs / "02_broken.ipynb", "raise RuntimeError('deliberate failure')")
+    _notebook(nbs / "03_after.ipynb", "print('after')")
+    return nbs
+
+
+def test_a_failing_notebook_is_reported_and_exits_non_zero(broken, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert reproduce("smoke", out_dir=out, notebooks_dir=broken) == 1
+    err = capsys.readouterr().err
+    assert "FAILED 02_broken.ipynb at cell" in err and "deliberate failure" in err
+    p = json.loads((out / "provenance.json").read_text())
+    assert p["failures"][0]["notebook"] == "02_broken.ipynb"
+    # the executed copy has papermill's injected-parameters cell after the parameters cell
+    assert p["failures"][0]["cell_index"] == 3 and p["failures"][0]["execution_count"] == 4
+    assert p["notebooks"]["03_after.ipynb"]["skipped"]
+    assert (out / "01_fine.ipynb").exists() and (out / "02_broken.ipynb").exists()
+    assert not (out / "03_after.ipynb").exists()
+
+    cli = subprocess.run([sys.executable, "-m", "uniq", "reproduce", "--profile", "smoke",
+                          "--notebooks-dir", str(broken), "--out-dir", str(tmp_path / "o2"),
+                          "--keep-going"], capture_output=True, text=True, cwd=REPO)
+    assert cli.returncode == 1 and "02_broken.ipynb" in cli.stderr
+    assert (tmp_path / "o2" / "03_after.ipynb").exists()  # --keep-going ran the rest
+
+
+def test_unknown_parameters_and_notebooks_are_errors(broken, tmp_path):
+    with pytest.raises(ValueError, match="unknown parameter"):
+        reproduce("smoke", out_dir=tmp_path, notebooks_dir=broken, parameters={"EPOCHS": "3"})
+    with pytest.raises(ValueError, match="do not exist"):
+        reproduce("smoke", out_dir=tmp_path, notebooks_dir=broken, only=[7])
+    with pytest.raises(ValueError, match="profile"):
+        reproduce("huge", out_dir=tmp_path)
+
+
+def test_a_notebook_runs_on_its_own_with_papermill(tmp_path):
+    out = subprocess.run(["papermill", str(REPO / "notebooks" / "01_quantizers.ipynb"),
+                          str(tmp_path / "out.ipynb"), "-p", "PROFILE", "smoke",
+                          "-p", "RESULTS_DIR", str(tmp_path / "res")],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (tmp_path / "res" / "quantizers_transfer.png").exists()

@@ -1,0 +1,194 @@
+"""Every figure of the reproduction, as functions that return a matplotlib Figure."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+
+from . import functional as QF
+from .mse import distortion, optimal_step
+
+
+def dorefa_weight(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Eq. 2 (DoReFa-style): map tanh(w) into [0, 1], quantize to 2**bits levels, map to [-1, 1]."""
+    t = torch.tanh(x)
+    u = t / (2 * t.abs().max()) + 0.5
+    n = 2**bits - 1
+    return 2 * torch.round(u * n) / n - 1
+
+
+def transfer_curves(bits: int = 2, step: float = 1.0, span: float = 3.0):
+    """Input-output curves of the three weight quantizers of Section 3 and 4.1."""
+    x = torch.linspace(-span, span, 2001)
+    s = torch.tensor(step)
+    curves = {
+        "semi-symmetric (two's complement, LSQ)": QF.lsq_quantize(x, s, bits, signed=True),
+        "DoReFa-style (Eq. 2)": dorefa_weight(x, bits),
+        "UniQ symmetric (Eq. 3)": QF.symmetric_quantize(x, s, bits),
+    }
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), sharey=True)
+    for ax, (title, y) in zip(axes, curves.items(), strict=True):
+        ax.plot(x, x, color="0.8", lw=1, label="identity")
+        ax.plot(x, y, lw=2)
+        for level in y.unique():
+            ax.axhline(float(level), color="C1", ls=":", lw=0.8)
+        ax.set_title(f"{title}\n{len(y.unique())} levels: {np.round(y.unique().numpy(), 2)}",
+                     fontsize=9)
+        ax.set_xlabel("input")
+    axes[0].set_ylabel("quantized output")
+    fig.suptitle(f"{bits}-bit weight quantizers (step {step})")
+    fig.tight_layout()
+    return fig
+
+
+def binary_and_activation_curves(step: float = 1.0):
+    """The binary case of Eq. 3 (+-D/2) and the activation quantizer Eq. 5 at 1 and 2 bits."""
+    x = torch.linspace(-3, 4, 2001)
+    s = torch.tensor(step)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    axes[0].plot(x, QF.symmetric_quantize(x, s, 1), label="Eq. 3, N=2 (binary)")
+    axes[0].plot(x, torch.sign(x) * step / 2, "--", label="sign(x) * D/2")
+    axes[0].set_title("binary = symmetric quantizer with N = 2")
+    for bits in (1, 2):
+        axes[1].plot(x, QF.unsigned_quantize(x, s, bits), label=f"Eq. 5, {bits} bit")
+    axes[1].set_title("activation quantizer (levels 0 .. (N-1) D)")
+    for ax in axes:
+        ax.legend(fontsize=8)
+        ax.set_xlabel("input")
+    fig.tight_layout()
+    return fig
+
+
+def step_gradient_curve(bits: int = 2, step: float = 1.0):
+    """d Q / d step (Eq. 6 with the corrected outer value) as autograd computes it."""
+    x = torch.linspace(-3, 3, 1201)
+    s = torch.tensor(step, requires_grad=True)
+    grads = []
+    for xi in x:
+        (g,) = torch.autograd.grad(QF.symmetric_quantize(xi.view(1), s, bits).sum(), s)
+        grads.append(float(g))
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.plot(x, grads)
+    ax.axhline((2**bits - 1) / 2, ls=":", color="C1", label="+-(N-1)/2 outside the range")
+    ax.axhline(-(2**bits - 1) / 2, ls=":", color="C1")
+    ax.set_xlabel("input x")
+    ax.set_ylabel("dQ/dD")
+    ax.set_title(f"step gradient of the {bits}-bit symmetric quantizer (D={step})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def distortion_curves(bits_list=(1, 2, 3, 4)):
+    """D(step) for a unit Gaussian (weights) and half-normal (activations), optima marked."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    steps = np.linspace(0.05, 2.5, 300)
+    for ax, kind in zip(axes, ("weight", "activation"), strict=True):
+        for b in bits_list:
+            d = [distortion(s, b, kind) for s in steps]
+            best = optimal_step(b, kind)
+            (line,) = ax.semilogy(steps, d, label=f"{b} bit")
+            ax.plot(best, distortion(best, b, kind), "o", color=line.get_color())
+        ax.set_title(f"{kind}: MSE vs step (dots: optimum)")
+        ax.set_xlabel("step size (unit variance)")
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("mean squared error")
+    fig.tight_layout()
+    return fig
+
+
+def weight_histograms(models: dict, layers: list[str], bins: int = 120):
+    """Figure 3: trained weights of a few layers, one colour per method, levels dashed."""
+    fig, axes = plt.subplots(1, len(layers), figsize=(6 * len(layers), 3.6), squeeze=False)
+    colours = {"LSQ": "tab:green", "UniQ": "tab:red"}
+    for ax, layer in zip(axes[0], layers, strict=True):
+        for label, model in models.items():
+            m = model.get_submodule(layer)
+            w = m.weight.detach().flatten()
+            q = m.weight_quantizer
+            ax.hist(w.numpy(), bins=bins, density=True, alpha=0.45,
+                    color=colours.get(label), label=label)
+            levels = q(m.weight.detach()).unique() if q is not None else []
+            for level in levels:
+                ax.axvline(float(level), color=colours.get(label), ls="--", lw=1)
+        ax.set_title(layer, fontsize=9)
+        ax.set_xlabel("weight value")
+        ax.legend()
+    axes[0][0].set_ylabel("estimated density")
+    fig.tight_layout()
+    return fig
+
+
+def dynamics_figure(panels: list[tuple[str, pd.DataFrame, float]], layer: str,
+                    max_epoch: float = 30):
+    """Figure 4: step size, input std and SQNR of one activation quantizer per run.
+
+    ``panels``: (title, dynamics DataFrame, warm-up epochs) per run."""
+    fig, axes = plt.subplots(3, len(panels), figsize=(4 * len(panels), 7.5), squeeze=False,
+                             sharex=True)
+    for col, (title, df, warmup) in enumerate(panels):
+        d = df[(df.layer == layer) & (df.epoch_float <= max_epoch)]
+        for row, (key, label) in enumerate((("step_size", "step size"),
+                                            ("input_std", "input std"),
+                                            ("sqnr_db", "SQNR (dB)"))):
+            ax = axes[row][col]
+            ax.plot(d.epoch_float, d[key], lw=1.5)
+            ax.ticklabel_format(axis="y", useOffset=False)
+            if key == "sqnr_db" and len(d):
+                ax.axhline(d.optimal_sqnr_db.iloc[0], ls="--", color="tab:orange",
+                           label="optimal SQNR")
+                ax.legend(fontsize=7)
+            if warmup:
+                ax.axvspan(0, warmup, color="0.9")
+            if col == 0:
+                ax.set_ylabel(label)
+        axes[0][col].set_title(title, fontsize=9)
+        axes[-1][col].set_xlabel("epoch")
+    fig.suptitle(f"training dynamics of {layer}'s input quantizer", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def summary_chart(paper: pd.DataFrame, reproduced: pd.DataFrame | None = None):
+    """Figure-1-style: ImageNet ResNet-18 top-1 vs bit width per method (paper), plus any
+    reproduced UniQ points."""
+    d = paper[(paper.table.isin([2, 3])) & (paper.model == "resnet18")
+              & (paper.method != "fp")]
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for method, g in d.groupby("method"):
+        g = g.drop_duplicates("weight_bits").sort_values("weight_bits")
+        style = dict(lw=2.5, marker="o", color="tab:red") if method == "UniQ" else dict(
+            lw=1, marker=".", alpha=0.7)
+        ax.plot(g.weight_bits, g.value, label=method, **style)
+    if reproduced is not None and len(reproduced):
+        ax.plot(reproduced.bits, reproduced.top1, "*", ms=14, color="black",
+                label="reproduced (this repo)")
+    fp = paper[(paper.table == 2) & (paper.model == "resnet18") & (paper.method == "fp")]
+    if len(fp):
+        ax.axhline(float(fp.value.iloc[0]), ls=":", color="0.4", label="FP")
+    ax.set_xticks([1, 2, 3, 4])
+    ax.set_xlabel("bits (weights / activations)")
+    ax.set_ylabel("ImageNet top-1 (%)")
+    ax.set_title("ResNet-18 on ImageNet: UniQ vs prior methods (paper's numbers)")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def training_curves(metrics: pd.DataFrame, title: str = ""):
+    """Loss and top-1 per epoch of one run (its metrics.csv)."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    axes[0].plot(metrics.epoch + 1, metrics.train_loss, label="train")
+    axes[0].plot(metrics.epoch + 1, metrics.test_loss, label="test")
+    axes[0].set_ylabel("cross-entropy")
+    axes[1].plot(metrics.epoch + 1, metrics.train_top1, label="train")
+    axes[1].plot(metrics.epoch + 1, metrics.test_top1, label="test")
+    axes[1].set_ylabel("top-1 (%)")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

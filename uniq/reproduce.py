@@ -1,0 +1,156 @@
+"""Run every notebook in order with papermill, into ``results/<profile>/``.
+
+Executed notebooks, tables (CSV + Markdown), figures (PNG) and ``provenance.json`` land in the
+results folder. A failing notebook is reported by name and cell; what was produced before stays;
+``keep_going`` runs the rest; the exit code is non-zero if any notebook failed.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+from .experiments import REPO, get_profile
+
+NOTEBOOKS_DIR = REPO / "notebooks"
+PACKAGES = ("torch", "torchvision", "numpy", "scipy", "pandas", "matplotlib", "papermill",
+            "pytorchcv", "uniq")
+
+
+def notebooks(folder: Path = NOTEBOOKS_DIR) -> list[Path]:
+    """The sequenced notebooks: ``NN_name.ipynb``, in order of NN."""
+    found = sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb"))
+    if not found:
+        raise FileNotFoundError(f"no NN_*.ipynb notebooks in {folder}")
+    return found
+
+
+def select(found: list[Path], only: list[int] | None) -> list[Path]:
+    if not only:
+        return found
+    by_number = {int(p.name[:2]): p for p in found}
+    unknown = sorted(set(only) - set(by_number))
+    if unknown:
+        raise ValueError(f"--only names notebooks {unknown}, which do not exist; "
+                         f"there are {sorted(by_number)}")
+    return [by_number[n] for n in sorted(set(only))]
+
+
+def check_parameters(nb: Path, parameters: dict) -> None:
+    """Unknown parameters are an error (papermill itself only warns)."""
+    import papermill
+
+    known = set(papermill.inspect_notebook(str(nb)))
+    if not known:
+        raise ValueError(f"{nb.name} has no cell tagged 'parameters'")
+    unknown = sorted(set(parameters) - known)
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {unknown} for {nb.name}; "
+                         f"it takes {sorted(known)}")
+
+
+def _git() -> dict:
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
+        return out.stdout.strip() if out.returncode == 0 else ""
+
+    return {"commit": git("rev-parse", "HEAD") or "unknown",
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+
+
+def _versions() -> dict:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def _device() -> dict:
+    import torch
+
+    info = {"cuda_available": torch.cuda.is_available(), "cpu": platform.processor() or
+            platform.machine(), "cpu_count": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def _failure(nb: Path, err: Exception) -> dict:
+    cell = getattr(err, "exec_count", None)
+    index = getattr(err, "cell_index", None)
+    return {"notebook": nb.name, "cell_index": index, "execution_count": cell,
+            "error": f"{getattr(err, 'ename', type(err).__name__)}: "
+                     f"{getattr(err, 'evalue', str(err))}"}
+
+
+def reproduce(profile: str = "smoke", only: list[int] | None = None, keep_going: bool = False,
+              out_dir: str | Path | None = None, parameters: dict | None = None,
+              notebooks_dir: str | Path | None = None) -> int:
+    """Run the notebooks; returns the process exit code (0 when every notebook succeeded)."""
+    import papermill
+
+    prof = get_profile(profile)
+    out = Path(out_dir) if out_dir else REPO / "results" / profile
+    out = out if out.is_absolute() else Path.cwd() / out
+    out.mkdir(parents=True, exist_ok=True)
+    chosen = select(notebooks(Path(notebooks_dir) if notebooks_dir else NOTEBOOKS_DIR), only)
+    params = {"PROFILE": profile, "RESULTS_DIR": str(out), **(parameters or {})}
+    for nb in chosen:
+        check_parameters(nb, params)
+
+    started = datetime.now(timezone.utc).isoformat()
+    status, failures = {}, []
+    for nb in chosen:
+        t0 = time.time()
+        print(f"[reproduce] {nb.name} ({profile}) ...", flush=True)
+        try:
+            papermill.execute_notebook(str(nb), str(out / nb.name), parameters=params,
+                                       kernel_name="python3", cwd=str(nb.parent),
+                                       progress_bar=False)
+        except Exception as err:  # noqa: BLE001 - any failure is reported, then we go on or stop
+            failures.append(_failure(nb, err))
+            status[nb.name] = {"ok": False, "seconds": round(time.time() - t0, 1)}
+            f = failures[-1]
+            print(f"[reproduce] FAILED {f['notebook']} at cell {f['cell_index']} of the "
+                  f"executed copy (execution count {f['execution_count']}): {f['error']}\n"
+                  f"[reproduce] the executed copy with the traceback is {out / nb.name}",
+                  file=sys.stderr, flush=True)
+            if not keep_going:
+                break
+            continue
+        status[nb.name] = {"ok": True, "seconds": round(time.time() - t0, 1)}
+        print(f"[reproduce] {nb.name} done in {status[nb.name]['seconds']}s", flush=True)
+
+    for nb in chosen:
+        status.setdefault(nb.name, {"ok": False, "skipped": True})
+    notebook_facts = out / "notebooks.json"
+    provenance = {
+        "profile": profile,
+        "profile_settings": prof.__dict__,
+        "dataset": prof.dataset,
+        "caveat": prof.caveat(),
+        "parameters": params,
+        "seeds": {"training": 0, "note": "every run's seed is in its config.json"},
+        "git": _git(),
+        "versions": _versions(),
+        "device": _device(),
+        "started": started,
+        "finished": datetime.now(timezone.utc).isoformat(),
+        "notebooks": status,
+        "failures": failures,
+        "notebook_records": json.loads(notebook_facts.read_text())
+        if notebook_facts.exists() else {},
+        "command": " ".join(sys.argv),
+    }
+    (out / "provenance.json").write_text(json.dumps(provenance, indent=2, default=str))
+    print(f"[reproduce] results in {out}; {len(failures)} notebook(s) failed", flush=True)
+    return 1 if failures else 0
