@@ -56,6 +56,13 @@ def test_pretrained_weights_from_a_local_file(tmp_path):
         assert torch.equal(a, b), k
     with pytest.raises(FileNotFoundError, match="not found"):
         imagenet_model("preresnet18", tmp_path / "missing.pth")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    with pytest.raises(FileNotFoundError, match="preresnet18-<error>-<hash>.pth"):
+        imagenet_model("preresnet18", cache)
+    torch.save(ref.state_dict(), cache / "preresnet18-0951-abcdef12.pth")
+    from_cache = imagenet_model("preresnet18", cache)
+    assert torch.equal(from_cache.output.weight, ref.output.weight)
     with pytest.raises(ValueError, match="unknown"):
         imagenet_model("resnet50")
 
@@ -148,10 +155,17 @@ def test_tables_pick_up_result_rows(tmp_path):
 
 
 def test_one_bit_starts_from_a_two_bit_checkpoint(folder, tmp_path):
-    two = I.run(small(folder, tmp_path, sync_bn=False))
-    cfg = small(folder, tmp_path, bits=1, init_from=str(tmp_path / two["run"]), sync_bn=False)
+    two = I.run(small(folder, tmp_path, sync_bn=False, lr=None))  # the default 2-bit recipe
+    cfg = small(folder, tmp_path, bits=1, init_from=str(tmp_path / two["run"]), sync_bn=False,
+                lr=None)
     assert cfg.recipe == "adam-warmup5" and cfg.weight_decay == 0.0
     model = I.build(cfg, 4)
     start = torch.load(tmp_path / two["run"] / "model.pt", weights_only=True)
     name = "features.stage2.unit1.body.conv1.conv.weight"
     assert torch.equal(model.state_dict()[name], start[name])
+    # without --init-from, 1 bit finds the finished 2-bit run of the same settings ...
+    auto = small(folder, tmp_path, bits=1, sync_bn=False, lr=None)
+    assert auto.start_from() == str(tmp_path / two["run"])
+    # ... and says what to do when there is none
+    with pytest.raises(FileNotFoundError, match="train it first"):
+        small(folder, tmp_path / "empty", bits=1, sync_bn=False).start_from()

@@ -57,11 +57,10 @@ def probe_layers(
         return record
 
     handles = [m.register_forward_pre_hook(hook(n)) for n, m in layers]
-    was_training = model.training
-    rng = torch.get_rng_state()
     try:
-        x = _probe_input(model, layers) if example_input is None else example_input
-        model.eval()(x)
+        with preserved_state(model):
+            x = _probe_input(model, layers) if example_input is None else example_input
+            model.eval()(x)
     except Exception as err:  # noqa: BLE001 - re-raised with the fix
         raise ValueError(
             f"could not run a probe forward pass through the model ({err}); pass "
@@ -70,8 +69,6 @@ def probe_layers(
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
-        torch.set_rng_state(rng)
     seen = list(dict.fromkeys(order))
     # Layers the probe never reached keep module order after the executed ones.
     seen += [n for n, _ in layers if n not in signed]

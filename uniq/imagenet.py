@@ -56,8 +56,8 @@ class ImageNetConfig:
     bits: int = 4                      # 32 = evaluate/fine-tune in full precision
     method: str = "uniq"
     data: str = "data/imagenet"        # ImageFolder root with train/ and val/
-    pretrained: str = "pytorchcv"      # "pytorchcv" (download/cache), "none", or a file
-    init_from: str = ""                # a run dir or checkpoint whose weights start this run
+    pretrained: str = "pytorchcv"      # "pytorchcv" (download/cache), "none", a file or a dir
+    init_from: str = ""                # run dir/checkpoint to start from; 1 bit: default 2-bit
     epochs: int = 90
     batch_size: int = 256              # global, over all processes
     recipe: str = ""                   # default: sgd (multi-bit), adam-warmup5 (1 bit)
@@ -114,6 +114,19 @@ class ImageNetConfig:
     def run_dir(self) -> Path:
         what = "fp" if self.bits == 32 else f"{self.method}{self.bits}b"
         return Path(self.output_dir) / f"{self.arch}-{what}-{self.key()}"
+
+    def start_from(self) -> str:
+        """Where the weights come from: ``init_from``; for 1 bit by default the finished 2-bit
+        run of the same settings (Section 5.1); otherwise "" (the pretrained model)."""
+        if self.init_from or self.bits != 1:
+            return self.init_from
+        parent = dataclasses.replace(self, bits=2, recipe="", weight_decay=None, lr=None,
+                                     stop_after=0)
+        if not (parent.run_dir() / "model.pt").exists():
+            raise FileNotFoundError(
+                f"a 1-bit run starts from the 2-bit model, and {parent.run_dir()} has none yet; "
+                f"train it first (same command with --bits 2) or pass --init-from RUN_DIR")
+        return str(parent.run_dir())
 
 
 # --- distributed ----------------------------------------------------------------------------
@@ -307,15 +320,16 @@ def build(cfg: ImageNetConfig, num_classes: int = 1000, example: torch.Tensor | 
           ) -> nn.Module:
     """The pretrained (or --init-from) model, converted under the paper's policy."""
     pre = {"pytorchcv": True, "none": False}.get(cfg.pretrained, cfg.pretrained)
-    model = imagenet_model(cfg.arch, False if cfg.init_from else pre)
+    start = cfg.start_from()
+    model = imagenet_model(cfg.arch, False if start else pre)
     if num_classes != 1000:  # a smaller label set (tests, subsets of ImageNet): a new head
         last = model.output
         if isinstance(last, nn.Linear):
             model.output = nn.Linear(last.in_features, num_classes)
         else:
             model.output = nn.Conv2d(last.in_channels, num_classes, 1)
-    if cfg.init_from:
-        model.load_state_dict(_start_weights(cfg.init_from))
+    if start:
+        model.load_state_dict(_start_weights(start))
     model = adaptive_pooling(model)
     if cfg.bits != 32:
         if example is None:
@@ -352,8 +366,13 @@ def result_row(cfg: ImageNetConfig, top1: float, **extra) -> dict[str, Any]:
 # --- the run --------------------------------------------------------------------------------
 
 
-def run(cfg: ImageNetConfig, evaluate_only: str = "") -> dict[str, Any]:
-    """Train (or resume, or with ``evaluate_only`` just evaluate) one ImageNet run."""
+def run(cfg: ImageNetConfig, evaluate_only: str = "", resume: str = "auto") -> dict[str, Any]:
+    """Train (or resume, or with ``evaluate_only`` just evaluate) one ImageNet run.
+
+    ``resume``: "auto" continues from the run's checkpoint if there is one, "require" fails
+    without one, "never" starts over."""
+    if resume not in ("auto", "require", "never"):
+        raise ValueError(f"resume must be 'auto', 'require' or 'never', got {resume!r}")
     d = init_distributed(cfg.device)
     torch.manual_seed(cfg.seed)
     amp = d.device.type == "cuda" if cfg.amp is None else cfg.amp
@@ -370,12 +389,14 @@ def run(cfg: ImageNetConfig, evaluate_only: str = "") -> dict[str, Any]:
         say(json.dumps(row))
         return row
 
-    if (run_dir / "result.json").exists():
+    if (run_dir / "result.json").exists() and resume != "never":
         say(f"[{run_dir.name}] finished before; returning its result")
         return json.loads((run_dir / "result.json").read_text())
+    if resume == "require" and not ckpt_path.exists():
+        raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
     recipe = cfg.recipe_obj()
     start_epoch = step = 0
-    if ckpt_path.exists():
+    if ckpt_path.exists() and resume != "never":
         ckpt = torch.load(ckpt_path, map_location=d.device, weights_only=True)
         model.load_state_dict(ckpt["model"])
         start_epoch, step = ckpt["epoch"], ckpt["step"]
@@ -510,28 +531,59 @@ def smoke_steps(steps: int = 2, batch_size: int = 4, image_size: int = 64,
     few SGD steps on generated images (not ImageNet; no accuracy is claimed)."""
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        "cpu" if device == "auto" else device)
+    import tempfile
+
     rows = []
     g = torch.Generator().manual_seed(0)
-    for arch, bits in (("preresnet18", 2), ("preresnet18", 1), ("preresnet34", 2),
-                       ("mobilenetv2_w1", 2)):
-        cfg = ImageNetConfig(arch=arch, bits=bits, pretrained="none", image_size=image_size)
-        x = torch.randn(batch_size, 3, image_size, image_size, generator=g)
-        y = torch.randint(1000, (batch_size,), generator=g)
-        model = build(cfg, 1000, example=x[:1])
-        calibrate(model, [x], 1)
-        model.to(dev)
-        opt = _build_optimizer(model, cfg.recipe_obj())
-        t0, losses = time.time(), []
-        for _ in range(steps):
-            loss, _ = train_step(model, opt, x.to(dev), y.to(dev), False)
-            losses.append(float(loss) / batch_size)
-        rows.append({"arch": arch, "bits": bits, "recipe": cfg.recipe, "steps": steps,
-                     "first_loss": round(losses[0], 3), "last_loss": round(losses[-1], 3),
-                     "seconds": round(time.time() - t0, 1), "data": "generated"})
+    with tempfile.TemporaryDirectory() as tmp:
+        two_bit = Path(tmp) / "preresnet18-2bit.pt"  # the 1-bit run starts from it, as on ImageNet
+        for arch, bits in (("preresnet18", 2), ("preresnet18", 1), ("preresnet34", 2),
+                           ("mobilenetv2_w1", 2)):
+            cfg = ImageNetConfig(arch=arch, bits=bits, pretrained="none", image_size=image_size,
+                                 init_from=str(two_bit) if bits == 1 else "")
+            x = torch.randn(batch_size, 3, image_size, image_size, generator=g)
+            y = torch.randint(1000, (batch_size,), generator=g)
+            model = build(cfg, 1000, example=x[:1])
+            calibrate(model, [x], 1)
+            model.to(dev)
+            opt = _build_optimizer(model, cfg.recipe_obj())
+            t0, losses = time.time(), []
+            for _ in range(steps):
+                loss, _ = train_step(model, opt, x.to(dev), y.to(dev), False)
+                losses.append(float(loss) / batch_size)
+            if arch == "preresnet18" and bits == 2:
+                torch.save(model.state_dict(), two_bit)
+            rows.append({"arch": arch, "bits": bits, "recipe": cfg.recipe, "steps": steps,
+                         "first_loss": round(losses[0], 3), "last_loss": round(losses[-1], 3),
+                         "seconds": round(time.time() - t0, 1), "data": "generated"})
     return pd.DataFrame(rows)
 
 
 # --- command line ---------------------------------------------------------------------------
+
+
+HELP = {
+    "arch": f"one of {', '.join(IMAGENET_MODELS)}",
+    "bits": "1..8, or 32 for full precision",
+    "method": "uniq or lsq",
+    "data": "ImageFolder root with train/ and val/",
+    "pretrained": "pytorchcv (download/cache), none, a state-dict file or pytorchcv's cache dir",
+    "init_from": "run dir or checkpoint to start from (1 bit: the 2-bit run by default)",
+    "batch_size": "global batch over all processes (the paper: 256)",
+    "recipe": "default: sgd for multi-bit, adam-warmup5 for 1 bit",
+    "weight_decay": "default per bits: 1e-4, 0.5e-4, 0.25e-4, 0 for 4/3/2/1",
+    "calib_batches": "global batches for step-size calibration",
+    "image_size": "crop size (evaluation resizes to size*256/224 first)",
+    "augment": "random-resized crop + flip for training (else the evaluation transform)",
+    "sync_bn": "synchronise BatchNorm across processes",
+    "grad_scale": "scale step gradients by 1/sqrt(numel*Qp) as the authors' code",
+    "init": "step init: mse, lsq or a constant",
+    "amp": "bf16 autocast (default: on for CUDA)",
+    "workers": "DataLoader workers per process",
+    "output_dir": "where runs live",
+    "compile": "none, default, max-autotune or reduce-overhead",
+    "stop_after": "leave after this many epochs in this session (0: never); rerun to continue",
+}
 
 
 def add_imagenet_parser(sub) -> None:
@@ -540,21 +592,26 @@ def add_imagenet_parser(sub) -> None:
     for f in dataclasses.fields(ImageNetConfig):
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
+        kw = {"default": default, "help": HELP.get(f.name)}
         if f.type in ("bool", "bool | None"):
-            p.add_argument(flag, default=default, action=argparse.BooleanOptionalAction)
-        elif f.type == "float | None":
-            p.add_argument(flag, type=float, default=default)
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+        elif f.type in ("float | None", "str | float"):
+            p.add_argument(flag, type=float if f.type == "float | None" else str, **kw)
         else:
-            p.add_argument(flag, type=type(default), default=default)
+            p.add_argument(flag, type=type(default), **kw)
     p.add_argument("--evaluate", default="", metavar="CHECKPOINT",
                    help="only evaluate this checkpoint (model.pt or checkpoint.pt)")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint "
+                   "(required); without it an unfinished run also continues")
+    p.add_argument("--fresh", action="store_true", help="ignore any checkpoint, start over")
     p.set_defaults(func=_cmd)
 
 
 def _cmd(a: argparse.Namespace) -> int:
     names = {f.name for f in dataclasses.fields(ImageNetConfig)}
     cfg = ImageNetConfig(**{k: v for k, v in vars(a).items() if k in names})
-    row = run(cfg, evaluate_only=a.evaluate)
+    row = run(cfg, evaluate_only=a.evaluate,
+              resume="require" if a.resume else "never" if a.fresh else "auto")
     if dist.is_initialized():
         dist.destroy_process_group()
     if not a.evaluate and int(os.environ.get("RANK", 0)) == 0:

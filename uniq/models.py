@@ -68,8 +68,9 @@ IMAGENET_MODELS = ("preresnet18", "preresnet34", "mobilenetv2_w1")
 
 
 def imagenet_model(name: str, pretrained: bool | str | Path = False) -> nn.Module:
-    """A pytorchcv ImageNet model. ``pretrained``: False, True (pytorchcv's download/cache), or a
-    path to a saved state dict (or to pytorchcv's ``.pth`` file) for offline use."""
+    """A pytorchcv ImageNet model. ``pretrained``: False; True (pytorchcv's download/cache); a
+    path to a saved state dict or to pytorchcv's ``.pth`` file; or a cache directory holding
+    pytorchcv's ``<name>-*.pth`` (for offline use)."""
     from pytorchcv.model_provider import get_model
 
     if name not in IMAGENET_MODELS:
@@ -86,6 +87,13 @@ def imagenet_model(name: str, pretrained: bool | str | Path = False) -> nn.Modul
                 f"weights elsewhere and pass the file: --pretrained /path/to/{name}.pth"
             ) from err
     path = Path(pretrained)
+    if path.is_dir():
+        found = sorted(path.glob(f"{name}-*.pth"))
+        if not found:
+            raise FileNotFoundError(
+                f"no pytorchcv weights for {name} in {path}: expected a file named "
+                f"{name}-<error>-<hash>.pth (as pytorchcv saves them in ~/.torch/models)")
+        path = found[-1]
     if not path.is_file():
         raise FileNotFoundError(
             f"pretrained weights for {name} not found at {path}; pass a state-dict file saved "

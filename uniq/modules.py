@@ -87,8 +87,7 @@ class Quantizer(nn.Module):
         """The init rule's value of the step for this tensor (or batch): Eq. 9/10 or LSQ's."""
         if isinstance(self.init, float):
             return torch.full_like(self.step, self.init)
-        stat = step_statistic(x, self.bits, self.signed, self.init, self.method,
-                              self._reduce_dims(x))
+        stat = step_statistic(x, self.bits, self.signed, self.init, self._reduce_dims(x))
         return stat.reshape(self.step.shape)
 
     @torch.no_grad()

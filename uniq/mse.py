@@ -168,15 +168,14 @@ def check_init(init: object) -> str | float:
 
 
 def step_statistic(
-    x: torch.Tensor, bits: int, signed: bool, init: str, method: str = "uniq",
-    dims: tuple[int, ...] | None = None,
+    x: torch.Tensor, bits: int, signed: bool, init: str, dims: tuple[int, ...] | None = None,
 ) -> torch.Tensor:
     """The data-dependent init of a step size, reduced over ``dims`` (None: all elements).
 
     * ``init="mse"``, signed input: ``Du_w * std(X)`` (Eq. 9);
       unsigned input: ``Du_a * sqrt(2 E[X^2])`` (Eq. 10).
     * ``init="lsq"``: ``2 E|X| / sqrt(Qp)`` with LSQ's Qp (``max(Qp, 1)`` for a binary weight).
-    For an LSQ quantizer with ``init="mse"`` the UniQ constants are used as well.
+    An LSQ quantizer with ``init="mse"`` uses the same UniQ constants.
     """
     x = x.detach().float()
     reduce = dict(dim=dims, keepdim=True) if dims is not None else {}

@@ -25,7 +25,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +82,6 @@ class TrainConfig:
     log_every: int = 50
     workers: int = 2
     download: bool = True
-    extra: dict = field(default_factory=dict)  # free-form tags (hashed), e.g. {"table": 5}
 
     def __post_init__(self) -> None:
         if not self.recipe:
