@@ -169,3 +169,26 @@ def test_negative_input_found_in_calibration_switches_to_symmetric():
     with pytest.warns(UserWarning, match="switching"):
         uniq.calibrate(q, [torch.randn(2, 3, 4, 4)], 1)
     assert q[0].act_quantizer.signed
+
+
+def test_torchvision_resnet_binary_policy():
+    import torchvision
+
+    r = uniq.conversion_report(uniq.quantize_model(torchvision.models.resnet18(), 1))
+    fp = r[r.weight_bits == 32]
+    assert list(fp.layer) == ["conv1", "layer2.0.downsample.0", "layer3.0.downsample.0",
+                              "layer4.0.downsample.0", "fc"]
+    assert (r[r.role == "body"].weight_bits == 1).all()
+
+
+def test_bfloat16_autocast_training_step_on_cpu():
+    from uniq.models import preact_resnet
+    from uniq.train import train_step
+
+    torch.manual_seed(0)
+    q = uniq.calibrate(uniq.quantize_model(preact_resnet(8), 2), [torch.randn(8, 3, 32, 32)], 1)
+    opt = torch.optim.SGD(q.parameters(), lr=0.01)
+    before = q.blocks[0].conv1.act_quantizer.step.detach().clone()
+    loss, _ = train_step(q, opt, torch.randn(4, 3, 32, 32), torch.randint(100, (4,)), True)
+    assert torch.isfinite(loss) and loss.dtype == torch.float32
+    assert not torch.equal(before, q.blocks[0].conv1.act_quantizer.step.detach())

@@ -316,11 +316,13 @@ def _start_weights(path: str) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if "quantizer" not in k}
 
 
-def build(cfg: ImageNetConfig, num_classes: int = 1000, example: torch.Tensor | None = None
-          ) -> nn.Module:
-    """The pretrained (or --init-from) model, converted under the paper's policy."""
+def build(cfg: ImageNetConfig, num_classes: int = 1000, example: torch.Tensor | None = None,
+          load_weights: bool = True) -> nn.Module:
+    """The pretrained (or --init-from) model, converted under the paper's policy.
+    ``load_weights=False`` builds the structure only (to load a checkpoint into)."""
     pre = {"pytorchcv": True, "none": False}.get(cfg.pretrained, cfg.pretrained)
-    start = cfg.start_from()
+    start = cfg.start_from() if load_weights else ""
+    pre = pre if load_weights else False
     model = imagenet_model(cfg.arch, False if start else pre)
     if num_classes != 1000:  # a smaller label set (tests, subsets of ImageNet): a new head
         last = model.output
@@ -377,7 +379,7 @@ def run(cfg: ImageNetConfig, evaluate_only: str = "", resume: str = "auto") -> d
     torch.manual_seed(cfg.seed)
     amp = d.device.type == "cuda" if cfg.amp is None else cfg.amp
     train_loader, val_loader, classes = loaders(cfg, d)
-    model = build(cfg, classes).to(d.device)
+    model = build(cfg, classes, load_weights=not evaluate_only).to(d.device)
     run_dir, ckpt_path = cfg.run_dir(), cfg.run_dir() / "checkpoint.pt"
     say = print if d.main else (lambda *a, **k: None)
 
