@@ -26,6 +26,7 @@ host sync (positive step, finite input) run only for CPU tensors outside ``torch
 
 from __future__ import annotations
 
+import functools
 import numbers
 
 import torch
@@ -74,6 +75,20 @@ def _check_inputs(x: torch.Tensor, step: torch.Tensor | float, name: str) -> tor
     return step
 
 
+def _in_float32(fn):
+    """Quantize in float32 and hand back the input's dtype. In bfloat16 ``x / step`` keeps only
+    8 significant bits, so ``round(u) - u`` (the step's gradient) degenerates at 6-8 bits; the
+    upcast is free inside a fused (compiled) kernel."""
+
+    @functools.wraps(fn)
+    def wrapper(x: torch.Tensor, step, *args, **kwargs) -> torch.Tensor:
+        if isinstance(x, torch.Tensor) and x.dtype in (torch.bfloat16, torch.float16):
+            return fn(x.float(), step, *args, **kwargs).to(x.dtype)
+        return fn(x, step, *args, **kwargs)
+
+    return wrapper
+
+
 def round_ste(t: torch.Tensor) -> torch.Tensor:
     """``round(t)`` in the forward pass, identity in the backward pass (STE)."""
     return (t - t.detach()) + t.round().detach()
@@ -92,6 +107,7 @@ def positive_step(step: torch.Tensor) -> torch.Tensor:
     return (step - step.detach()) + step.detach().clamp_min(MIN_STEP)
 
 
+@_in_float32
 def symmetric_quantize(
     x: torch.Tensor, step: torch.Tensor | float, bits: int, grad_scale: float = 1.0
 ) -> torch.Tensor:
@@ -109,6 +125,7 @@ def symmetric_quantize(
     return (round_ste(u) - half) * d
 
 
+@_in_float32
 def unsigned_quantize(
     x: torch.Tensor, step: torch.Tensor | float, bits: int, grad_scale: float = 1.0
 ) -> torch.Tensor:
@@ -126,6 +143,7 @@ def lsq_range(bits: int, signed: bool) -> tuple[int, int]:
     return (2 ** (bits - 1), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
 
 
+@_in_float32
 def lsq_quantize(
     x: torch.Tensor, step: torch.Tensor | float, bits: int, signed: bool, grad_scale: float = 1.0
 ) -> torch.Tensor:
