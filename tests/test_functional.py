@@ -229,3 +229,15 @@ def test_compiles_without_graph_breaks():
         (gc,) = torch.autograd.grad(out.sum(), s)
         (ge,) = torch.autograd.grad(fn(x, s).sum(), s)
         assert torch.allclose(gc, ge)
+
+
+def test_bfloat16_inputs_are_quantized_in_float32():
+    # In bf16, x / step keeps 8 significant bits, so round(u) - u would collapse at 8 bits.
+    x = torch.randn(4096) * 3
+    step = torch.tensor(0.021)
+    for fn in (lambda a, s: symmetric_quantize(a, s, 8), lambda a, s: unsigned_quantize(a, s, 8)):
+        ref_out, _, ref_gs = grads(fn, x.bfloat16().float(), step)
+        out, _, gs = grads(fn, x.bfloat16(), step)
+        assert out.dtype == torch.bfloat16
+        assert torch.equal(out, ref_out.bfloat16())
+        assert gs.item() == pytest.approx(ref_gs.item(), rel=1e-5)
