@@ -67,6 +67,17 @@ def preact_resnet(depth: int = 32, num_classes: int = 100, width: int = 16) -> P
 IMAGENET_MODELS = ("preresnet18", "preresnet34", "mobilenetv2_w1")
 
 
+def pytorchcv_filename(name: str) -> str:
+    """The file pytorchcv stores a model's weights in, e.g. ``preresnet18-0972-5651bc2d.pth``."""
+    try:
+        from pytorchcv.models.common.model_store import get_model_name_suffix_data
+
+        error, sha1, _ = get_model_name_suffix_data(name)
+        return f"{name}-{error}-{sha1[:8]}.pth"
+    except Exception:  # noqa: BLE001 - a private pytorchcv API; fall back to the pattern
+        return f"{name}-<error>-<hash>.pth"
+
+
 def imagenet_model(name: str, pretrained: bool | str | Path = False) -> nn.Module:
     """A pytorchcv ImageNet model. ``pretrained``: False; True (pytorchcv's download/cache); a
     path to a saved state dict or to pytorchcv's ``.pth`` file; or a cache directory holding
@@ -83,21 +94,22 @@ def imagenet_model(name: str, pretrained: bool | str | Path = False) -> nn.Modul
             return get_model(name, pretrained=True)
         except Exception as err:  # noqa: BLE001 - offline or cache miss: say what to provide
             raise FileNotFoundError(
-                f"could not fetch pytorchcv's pretrained {name} ({err}). Offline, download its "
-                f"weights elsewhere and pass the file: --pretrained /path/to/{name}.pth"
+                f"could not fetch pytorchcv's pretrained {name} ({err}). Offline, copy "
+                f"{pytorchcv_filename(name)} (from pytorchcv's cache, ~/.torch/models, on a "
+                f"machine with internet) and pass it: --pretrained /path/to/that/file or dir"
             ) from err
     path = Path(pretrained)
     if path.is_dir():
         found = sorted(path.glob(f"{name}-*.pth"))
         if not found:
             raise FileNotFoundError(
-                f"no pytorchcv weights for {name} in {path}: expected a file named "
-                f"{name}-<error>-<hash>.pth (as pytorchcv saves them in ~/.torch/models)")
+                f"no pytorchcv weights for {name} in {path}: expected "
+                f"{pytorchcv_filename(name)} (as pytorchcv saves them in ~/.torch/models)")
         path = found[-1]
     if not path.is_file():
         raise FileNotFoundError(
             f"pretrained weights for {name} not found at {path}; pass a state-dict file saved "
-            f"with torch.save(model.state_dict(), ...) or pytorchcv's {name}-*.pth"
+            f"with torch.save(model.state_dict(), ...) or pytorchcv's {pytorchcv_filename(name)}"
         )
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
