@@ -194,3 +194,18 @@ def test_bfloat16_autocast_training_step_on_cpu():
         grad = quantizer.step.grad
         assert grad is not None and grad.dtype == torch.float32 and torch.isfinite(grad).all()
         assert grad.abs().sum() > 0
+
+
+def test_layers_the_forward_pass_never_reaches_are_body_layers():
+    class WithAuxHead(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = small_cnn()
+            self.aux = nn.Linear(16, 3)  # registered last, never called
+
+        def forward(self, x):
+            return self.net(x)
+
+    r = uniq.conversion_report(uniq.quantize_model(WithAuxHead(), 2)).set_index("layer")
+    assert r.loc["net.12"].role == "last" and r.loc["net.12"].weight_bits == 8
+    assert r.loc["aux"].role == "body" and r.loc["aux"].weight_bits == 2

@@ -36,8 +36,8 @@ def _probe_input(model: nn.Module, layers: list[tuple[str, nn.Module]]) -> torch
 def probe_layers(
     model: nn.Module, example_input: torch.Tensor | None = None
 ) -> tuple[list[str], dict[str, bool]]:
-    """Run one forward pass in eval mode and return the conv/linear layers in execution order
-    and, for each, whether its input took negative values (a signed input).
+    """Run one forward pass in eval mode and return the conv/linear layers it reached, in
+    execution order, and for each whether its input took negative values (a signed input).
 
     The input defaults to Gaussian noise shaped from the first layer and ``model.in_size`` (a
     pytorchcv attribute; 32x32 otherwise): noise is signed, as a normalised image is.
@@ -69,10 +69,7 @@ def probe_layers(
     finally:
         for h in handles:
             h.remove()
-    seen = list(dict.fromkeys(order))
-    # Layers the probe never reached keep module order after the executed ones.
-    seen += [n for n, _ in layers if n not in signed]
-    return seen, signed
+    return list(dict.fromkeys(order)), signed
 
 
 def is_downsampling(layer: nn.Module) -> bool:
@@ -92,10 +89,12 @@ def layer_policy(
 
     Multi-bit: first and last layers at ``first_last_bits`` (8). Binary: first, last and
     downsampling (1x1 stride > 1) layers in full precision. ``overrides`` maps layer names to
-    bits, or None/32 for full precision, and wins over the policy.
+    bits, or None/32 for full precision, and wins over the policy. ``order`` lists the layers
+    in execution order; layers it lacks (not reached by a forward pass) are body layers.
     """
     modules = dict(model.named_modules())
     policy: dict[str, tuple[int | None, str]] = {}
+    unreached = [n for n, _ in _layers(model) if n not in set(order)]
     for i, name in enumerate(order):
         role = "first" if i == 0 else "last" if i == len(order) - 1 else "body"
         if role == "body" and is_downsampling(modules[name]):
@@ -104,6 +103,8 @@ def layer_policy(
             policy[name] = (None if role != "body" else 1, role)
         else:
             policy[name] = (first_last_bits if role in ("first", "last") else bits, role)
+    for name in unreached:
+        policy[name] = (bits, "body")
     for name, value in (overrides or {}).items():
         if name not in policy:
             raise ValueError(
@@ -154,9 +155,8 @@ def quantize_model(
     order, signed = probe_layers(model, example_input)
     policy = layer_policy(model, bits, order, first_last_bits, overrides)
     modules = dict(model.named_modules())
-    for name in order:
+    for name, (layer_bits, role) in policy.items():
         layer = modules[name]
-        layer_bits, role = policy[name]
         wq = aq = None
         if layer_bits is not None:
             channels = layer.weight.shape[0] if weight_granularity == "channel" else None
