@@ -40,7 +40,7 @@ from .modules import quantizers
 from .mse import check_init
 from .recipes import IMAGENET_WEIGHT_DECAY, default_recipe, get_recipe, lr_at, set_lr
 from .recipes import build_optimizer as _build_optimizer
-from .train import save_atomic, train_step, write_json_atomic
+from .train import CsvLog, save_atomic, train_step, write_json_atomic
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -365,6 +365,27 @@ def result_row(cfg: ImageNetConfig, top1: float, **extra) -> dict[str, Any]:
             "dataset": "imagenet", **extra}
 
 
+def train_epoch(net: nn.Module, optimizer, loader, recipe, cfg: ImageNetConfig, d: Dist,
+                epoch: int, step: int, amp: bool, say, label: str) -> tuple[float, int]:
+    """One epoch of training steps; the loss is summed on the device and read (reduced over
+    ranks) only every ``print_freq`` steps and at the end. Returns the mean loss and the step."""
+    loader.sampler.set_epoch(epoch)
+    n = len(loader)
+    loss_sum = torch.zeros((), device=d.device)
+    for i, (x, y) in enumerate(loader):
+        set_lr(optimizer, lr_at(recipe, epoch + i / n, cfg.epochs))
+        x, y = x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)
+        loss, _ = train_step(net, optimizer, x, y, amp)
+        loss_sum += loss
+        step += 1
+        if (i + 1) % cfg.print_freq == 0 and i + 1 < n:
+            mean = float(all_sum(loss_sum.clone(), d)) / ((i + 1) * cfg.batch_size)
+            say(f"[{label}] epoch {epoch + 1} step {i + 1}/{n} loss {mean:.4f}")
+            if not math.isfinite(mean):
+                break
+    return float(all_sum(loss_sum, d)) / ((i + 1) * cfg.batch_size), step
+
+
 # --- the run --------------------------------------------------------------------------------
 
 
@@ -429,33 +450,30 @@ def run(cfg: ImageNetConfig, evaluate_only: str = "", resume: str = "auto") -> d
                            "conversion": conversion_report(model).to_dict("records")},
                           run_dir / "config.json")
 
-    n = len(train_loader)
+    metrics = CsvLog(run_dir / "metrics.csv", start_epoch) if d.main else None
     top1 = float("nan")
     for epoch in range(start_epoch, cfg.epochs):
         if cfg.stop_after and epoch - start_epoch >= cfg.stop_after:
             say(f"[{run_dir.name}] stopping after {cfg.stop_after} epoch(s); rerun to resume")
             return {"stopped_at_epoch": epoch}
-        train_loader.sampler.set_epoch(epoch)
-        t0, loss_sum = time.time(), torch.zeros((), device=d.device)
-        for i, (x, y) in enumerate(train_loader):
-            set_lr(optimizer, lr_at(recipe, epoch + i / n, cfg.epochs))
-            x, y = x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)
-            loss, _ = train_step(net, optimizer, x, y, amp)
-            loss_sum += loss
-            step += 1
-            if (i + 1) % cfg.print_freq == 0:
-                mean = float(all_sum(loss_sum.clone(), d)) / ((i + 1) * cfg.batch_size)
-                if not math.isfinite(mean):
-                    raise RuntimeError(f"loss became {mean} at epoch {epoch + 1}; the last "
-                                       f"good checkpoint is kept at {ckpt_path}")
-                say(f"[{run_dir.name}] epoch {epoch + 1} step {i + 1}/{n} loss {mean:.4f}")
-        _, top1, _ = evaluate(net, val_loader, d, amp)
+        t0 = time.time()
+        train_loss, step = train_epoch(net, optimizer, train_loader, recipe, cfg, d, epoch, step,
+                                       amp, say, run_dir.name)
+        if not math.isfinite(train_loss):
+            raise RuntimeError(f"loss became {train_loss} in epoch {epoch + 1}; the last good "
+                               f"checkpoint is kept at {ckpt_path}")
+        val_loss, top1, _ = evaluate(net, val_loader, d, amp)
         if d.main:
             save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                          "epoch": epoch + 1, "step": step, "rng": torch.get_rng_state()},
                         ckpt_path)
+            metrics.append([{"epoch": epoch, "step": step, "train_loss": train_loss,
+                             "val_loss": val_loss, "val_top1": top1,
+                             "epoch_time_s": time.time() - t0}])
         say(f"[{run_dir.name}] epoch {epoch + 1}/{cfg.epochs} val top-1 {top1:.2f}% "
             f"({time.time() - t0:.0f}s)")
+    if math.isnan(top1):  # resumed after the last epoch's checkpoint: evaluate it
+        _, top1, _ = evaluate(net, val_loader, d, amp)
 
     digests = [weights_digest(model)]
     if d.world > 1:
