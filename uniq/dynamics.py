@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
@@ -12,14 +13,27 @@ from .modules import quantizers
 from .mse import sqnr_db
 
 
+def rng_state() -> dict[str, Any]:
+    """The CPU and (once CUDA is in use) CUDA RNG states."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 @contextmanager
 def preserved_state(model: nn.Module) -> Iterator[None]:
     """Run extra forward passes without side effects: buffers (BatchNorm statistics), the
     train/eval mode and the RNG states are restored on exit."""
     buffers = [(b, b.detach().clone()) for b in model.buffers()]
     was_training = model.training
-    rng = torch.get_rng_state()
-    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    rng = rng_state()
     try:
         yield
     finally:
@@ -27,9 +41,7 @@ def preserved_state(model: nn.Module) -> Iterator[None]:
             for b, saved in buffers:
                 b.copy_(saved)
         model.train(was_training)
-        torch.set_rng_state(rng)
-        if cuda_rng is not None:
-            torch.cuda.set_rng_state_all(cuda_rng)
+        set_rng_state(rng)
 
 
 def activation_quantizers(model: nn.Module):

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .convert import calibrate, conversion_report, quantize_model
+from .dynamics import rng_state, set_rng_state
 from .functional import check_bits
 from .models import IMAGENET_MODELS, imagenet_model
 from .modules import quantizers
@@ -397,12 +398,19 @@ def run(cfg: ImageNetConfig, evaluate_only: str = "", resume: str = "auto") -> d
     if resume not in ("auto", "require", "never"):
         raise ValueError(f"resume must be 'auto', 'require' or 'never', got {resume!r}")
     d = init_distributed(cfg.device)
+    run_dir, ckpt_path = cfg.run_dir(), cfg.run_dir() / "checkpoint.pt"
+    say = print if d.main else (lambda *a, **k: None)
+    if not evaluate_only:
+        # Decided before any data or weights are loaded: a finished run costs nothing.
+        if (run_dir / "result.json").exists() and resume != "never":
+            say(f"[{run_dir.name}] finished before; returning its result")
+            return json.loads((run_dir / "result.json").read_text())
+        if resume == "require" and not ckpt_path.exists():
+            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
     torch.manual_seed(cfg.seed)
     amp = d.device.type == "cuda" if cfg.amp is None else cfg.amp
     train_loader, val_loader, classes = loaders(cfg, d)
     model = build(cfg, classes, load_weights=not evaluate_only).to(d.device)
-    run_dir, ckpt_path = cfg.run_dir(), cfg.run_dir() / "checkpoint.pt"
-    say = print if d.main else (lambda *a, **k: None)
 
     if evaluate_only:
         state = torch.load(evaluate_only, map_location=d.device, weights_only=True)
@@ -412,11 +420,6 @@ def run(cfg: ImageNetConfig, evaluate_only: str = "", resume: str = "auto") -> d
         say(json.dumps(row))
         return row
 
-    if (run_dir / "result.json").exists() and resume != "never":
-        say(f"[{run_dir.name}] finished before; returning its result")
-        return json.loads((run_dir / "result.json").read_text())
-    if resume == "require" and not ckpt_path.exists():
-        raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
     recipe = cfg.recipe_obj()
     start_epoch = step = 0
     if ckpt_path.exists() and resume != "never":
@@ -442,7 +445,7 @@ def run(cfg: ImageNetConfig, evaluate_only: str = "", resume: str = "auto") -> d
     optimizer = _build_optimizer(model, recipe, fused=d.device.type == "cuda")
     if start_epoch:
         optimizer.load_state_dict(ckpt["optimizer"])
-        torch.set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng"])
     if d.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic({"config": dataclasses.asdict(cfg), "key": cfg.key(),
@@ -465,7 +468,7 @@ def run(cfg: ImageNetConfig, evaluate_only: str = "", resume: str = "auto") -> d
         val_loss, top1, _ = evaluate(net, val_loader, d, amp)
         if d.main:
             save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "epoch": epoch + 1, "step": step, "rng": torch.get_rng_state()},
+                         "epoch": epoch + 1, "step": step, "rng": rng_state()},
                         ckpt_path)
             metrics.append([{"epoch": epoch, "step": step, "train_loss": train_loss,
                              "val_loss": val_loss, "val_top1": top1,

@@ -36,7 +36,7 @@ from torch import nn
 
 from . import data as D
 from .convert import calibrate, quantize_model
-from .dynamics import record_dynamics
+from .dynamics import record_dynamics, rng_state, set_rng_state
 from .functional import check_bits
 from .models import preact_resnet
 from .mse import check_init, optimal_sqnr_db
@@ -320,19 +320,6 @@ def evaluate(model: nn.Module, loader, amp: bool = False) -> tuple[float, float]
     return float(loss) / count, 100.0 * float(correct) / count
 
 
-def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def _environment(device: torch.device) -> dict[str, Any]:
     env = {"torch": torch.__version__, "python": platform.python_version(),
            "device": str(device), "host": platform.node()}
@@ -460,7 +447,7 @@ def train(config: TrainConfig | dict, *, resume: str = "auto", quiet: bool = Fal
         s.model.load_state_dict(ckpt["model"])
         s.optimizer.load_state_dict(ckpt["optimizer"])
         start_epoch, step = ckpt["epoch"], ckpt["step"]
-        _set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng"])
         say(f"[{label}] resuming at epoch {start_epoch}")
     else:
         if cfg.bits != FULL_PRECISION:
@@ -478,7 +465,7 @@ def train(config: TrainConfig | dict, *, resume: str = "auto", quiet: bool = Fal
         metrics_log.append([row])
         dynamics_log.append(dynamics)
         save_atomic({"model": s.model.state_dict(), "optimizer": s.optimizer.state_dict(),
-                     "epoch": epoch + 1, "step": step, "rng": _rng_state(), "key": cfg.key()},
+                     "epoch": epoch + 1, "step": step, "rng": rng_state(), "key": cfg.key()},
                     ckpt_path)
         say(f"[{label}] epoch {epoch + 1}/{cfg.epochs} loss {row['train_loss']:.4f} "
             f"test top-1 {row['test_top1']:.2f}% ({row['epoch_time_s']:.1f}s)")
