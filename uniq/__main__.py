@@ -1,114 +1,137 @@
-"""Command line: ``python -m uniq {train,reproduce,table1,imagenet} ...``."""
+"""Command line: ``python -m uniq {train,imagenet,runs,reproduce,table1} ...``.
+
+``train`` (CIFAR-100) and ``imagenet`` take one flag per field of their config dataclass
+(``uniq.cifar.CifarConfig``, ``uniq.imagenet.ImageNetConfig``), with the help text written once
+in the field; both run under torchrun unchanged. Every error is one line on stderr, never a
+traceback: exit code 2 for bad input, 3 for a diverged run, 4 for a run busy in another process.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 import sys
-from pathlib import Path
 
-from .imagenet import add_imagenet_parser
-from .recipes import RECIPES
+from .engine import RunConfig, TrainingDiverged
+
+
+def _float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
 
 
 def _init_value(text: str) -> str | float:
     try:
-        return float(text)
-    except ValueError:
+        return _float(text)
+    except argparse.ArgumentTypeError:
         return text
 
 
-def add_train_args(p: argparse.ArgumentParser) -> None:
-    d = p.add_argument_group("data")
-    d.add_argument("--dataset", default="cifar100", choices=["cifar100", "synthetic"],
-                   help="synthetic = generated offline stand-in (not comparable to the paper)")
-    d.add_argument("--data-dir", default="data", help="where cifar-100-python/ lives")
-    d.add_argument("--data-fraction", type=float, default=1.0)
-    d.add_argument("--synthetic-size", type=int, nargs=2, default=[50_000, 10_000],
-                   metavar=("TRAIN", "TEST"))
-    d.add_argument("--loader", default="tensor", choices=["tensor", "dataloader"])
-    d.add_argument("--workers", type=int, default=2, help="workers for --loader dataloader")
-    m = p.add_argument_group("model and quantizer")
-    m.add_argument("--depth", type=int, default=32, help="pre-activation ResNet depth (6n+2)")
-    m.add_argument("--bits", type=int, default=32, help="1..8, or 32 for full precision")
-    m.add_argument("--method", default="uniq", choices=["uniq", "lsq"])
-    m.add_argument("--init", type=_init_value, default="mse", help="mse, lsq or a constant")
-    m.add_argument("--no-grad-scale", dest="grad_scale", action="store_false",
-                   help="do not scale the step gradient by 1/sqrt(numel*Qp)")
-    m.add_argument("--weight-granularity", default="tensor", choices=["tensor", "channel"])
-    m.add_argument("--calib-batches", type=int, default=100)
-    r = p.add_argument_group("recipe")
-    r.add_argument("--recipe", default="", choices=[""] + list(RECIPES),
-                   help="default: fp for 32 bits, sgd for multi-bit, adam-warmup5 for 1 bit")
-    r.add_argument("--lr", type=float, default=None, help="override the recipe's peak lr")
-    r.add_argument("--warmup-epochs", type=float, default=None)
-    r.add_argument("--weight-decay", type=float, default=None)
-    r.add_argument("--epochs", type=int, default=350)
-    r.add_argument("--batch-size", type=int, default=128)
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--fp-epochs", type=int, default=350,
-                   help="epochs of the full-precision run a quantized run starts from")
-    r.add_argument("--init-from-run", default=None,
-                   help="run directory whose weights start this run (default: the FP run)")
-    x = p.add_argument_group("execution")
-    x.add_argument("--device", default="auto")
-    x.add_argument("--compile", default="none",
-                   choices=["none", "default", "max-autotune", "reduce-overhead"])
-    x.add_argument("--amp", default=None, action=argparse.BooleanOptionalAction,
-                   help="bf16 autocast (default: on for CUDA)")
-    x.add_argument("--runs-dir", default="runs")
-    x.add_argument("--resume", action="store_true", help="continue from the checkpoint (required)")
-    x.add_argument("--fresh", action="store_true", help="ignore any checkpoint and start over")
-    x.add_argument("--print-config", action="store_true", help="print the config and exit")
+def add_config_args(p: argparse.ArgumentParser, cls: type[RunConfig]) -> None:
+    """One flag per config field (``--field-name``), typed and documented from the field."""
+    defaults = cls()
+    for f in dataclasses.fields(cls):
+        if not f.metadata.get("cli", True):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        kw = {"default": default, "help": f.metadata.get("help", "")}
+        if f.metadata.get("choices"):
+            kw["choices"] = [c for c in f.metadata["choices"] if c] + ([""] if "" in
+                                                                       f.metadata["choices"]
+                                                                       else [])
+        t = str(f.type)
+        if t.startswith("bool"):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+        elif t == "str | float":
+            p.add_argument(flag, type=_init_value, **kw)
+        elif t.startswith("float"):
+            p.add_argument(flag, type=_float, **kw)
+        elif t.startswith("int"):
+            p.add_argument(flag, type=int, **kw)
+        else:
+            p.add_argument(flag, type=str, **kw)
 
 
-def config_from_args(a: argparse.Namespace):
-    from .train import FULL_PRECISION, TrainConfig
-
-    common = dict(dataset=a.dataset, data_fraction=a.data_fraction,
-                  synthetic_train=a.synthetic_size[0], synthetic_test=a.synthetic_size[1],
-                  depth=a.depth, batch_size=a.batch_size, seed=a.seed, loader=a.loader,
-                  device=a.device, compile=a.compile, amp=a.amp, runs_dir=a.runs_dir,
-                  data_dir=a.data_dir, workers=a.workers)
-    parent = None
-    if a.init_from_run:
-        path = Path(a.init_from_run) / "config.json"
-        if not path.exists():
-            raise SystemExit(f"error: --init-from-run: {path} not found")
-        parent = json.loads(path.read_text())["config"]
-    elif a.bits != FULL_PRECISION:
-        parent = TrainConfig(epochs=a.fp_epochs, **common).to_dict()
-    return TrainConfig(bits=a.bits, method=a.method, init=a.init, grad_scale=a.grad_scale,
-                       weight_granularity=a.weight_granularity, recipe=a.recipe, lr=a.lr,
-                       warmup_epochs=a.warmup_epochs, weight_decay=a.weight_decay,
-                       epochs=a.epochs, calib_batches=a.calib_batches, init_from=parent,
-                       **common)
+def add_run_args(p: argparse.ArgumentParser, cls: type[RunConfig]) -> None:
+    add_config_args(p, cls)
+    x = p.add_argument_group("what to do")
+    x.add_argument("--resume", action="store_true", help="continue from the checkpoint "
+                   "(required); without it an unfinished run also continues")
+    x.add_argument("--fresh", action="store_true", help="start THIS run over (its parent "
+                   "run is kept)")
+    x.add_argument("--print-config", action="store_true",
+                   help="print the resolved config, its run directory and state, and exit")
+    x.add_argument("--evaluate", default="", metavar="CHECKPOINT",
+                   help="only evaluate this model.pt/checkpoint.pt on the evaluation set")
+    p.set_defaults(func=cmd_run, config_class=cls)
 
 
-def cmd_train(a: argparse.Namespace) -> int:
-    from .train import train
+def config_from_args(a: argparse.Namespace) -> RunConfig:
+    cls = a.config_class
+    names = {f.name for f in dataclasses.fields(cls) if f.metadata.get("cli", True)}
+    return cls(**{k: v for k, v in vars(a).items() if k in names})
 
-    cfg = config_from_args(a)
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from . import distributed
+    from .engine import evaluate_weights, fit
+
+    if a.resume and a.fresh:
+        raise ValueError("--resume and --fresh contradict each other; give one")
+    cfg = config_from_args(a).resolved()
+    main = distributed.init(cfg.device).main
     if a.print_config:
-        print(json.dumps({"run_dir": str(cfg.run_dir()), **cfg.to_dict()}, indent=2))
+        run_dir = cfg.run_dir()
+        state = ("done" if (run_dir / "result.json").exists() else "partial"
+                 if (run_dir / "checkpoint.pt").exists() else "missing")
+        print(json.dumps({"run_dir": str(run_dir), "state": state, "key": cfg.key(),
+                          "recipe_spelled_out": cfg.recipe_obj().as_dict(),
+                          "config": cfg.to_dict()}, indent=2, default=str))
         return 0
-    run = train(cfg, resume="require" if a.resume else "never" if a.fresh else "auto")
-    print(json.dumps({"run_dir": str(run.dir), "final_test_top1": run.top1,
-                      "dataset": run.summary["dataset"]}, indent=2))
+    if a.evaluate:
+        row = evaluate_weights(cfg, a.evaluate)
+        if main:
+            print(json.dumps(row, indent=2))
+        return 0
+    run = fit(cfg, resume="require" if a.resume else "never" if a.fresh else "auto")
+    distributed.shutdown()
+    if main and run is not None:
+        r = run.result
+        print(json.dumps({"run_dir": str(run.dir), "top1_final": r["top1_final"],
+                          "top1_best": r["top1_best"], "dataset": r["dataset"],
+                          "precision": r["precision"]}, indent=2))
     return 0
 
 
 def cmd_table1(a: argparse.Namespace) -> int:
     from .mse import table1
 
+    if not 1 <= a.max_bits <= 8:
+        raise ValueError(f"--max-bits must be 1..8, got {a.max_bits}")
     print(table1(range(1, a.max_bits + 1)).round(4).to_string(index=False))
     return 0
+
+
+def _numbers(text: str, what: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"{what} takes comma-separated integers, e.g. 4,5; got {text!r}") \
+            from None
 
 
 def cmd_reproduce(a: argparse.Namespace) -> int:
     from .reproduce import reproduce
 
-    only = [int(x) for x in a.only.split(",")] if a.only else None
+    only = _numbers(a.only, "--only") if a.only else None
     params = {}
     for kv in a.param:
         if "=" not in kv:
@@ -119,32 +142,92 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
                      parameters=params, notebooks_dir=a.notebooks_dir)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m uniq", description=__doc__)
+def cmd_runs(a: argparse.Namespace) -> int:
+    from .experiments import context, parse_seeds, plan
+
+    ctx = context(a.profile, runs_dir=a.runs_dir, data_dir=a.data_dir, device=a.device,
+                  seeds=parse_seeds(a.seeds) if a.seeds else None)
+    rows = plan(ctx)
+    if a.commands:
+        for r in rows:
+            if r["state"] != "done":
+                print(r["command"])
+        return 0
+    width = max(len(r["run"]) for r in rows)
+    for r in rows:
+        print(f"{r['state']:8} {r['run']:{width}}  {r['command']}")
+    states = [r["state"] for r in rows]
+    print(f"# {len(rows)} distinct runs for profile {a.profile} (seeds {list(ctx.seeds)}): "
+          f"{states.count('done')} done, {states.count('partial')} partial, "
+          f"{states.count('missing')} missing", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .cifar import CifarConfig
+    from .imagenet import ImageNetConfig
+
+    p = argparse.ArgumentParser(prog="python -m uniq", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="train one CIFAR-100 run (cached, resumable)")
-    add_train_args(t)
-    t.set_defaults(func=cmd_train)
+    add_run_args(sub.add_parser("train", help="train one CIFAR-100 run (cached, resumable, "
+                                "torchrun-ready)"), CifarConfig)
+    add_run_args(sub.add_parser("imagenet", help="train or evaluate one ImageNet run"),
+                 ImageNetConfig)
+    r = sub.add_parser("runs", help="list the distinct CIFAR runs a profile needs, or print "
+                       "the commands that train the missing ones")
+    r.add_argument("--profile", default="smoke", choices=["smoke", "quick", "paper"])
+    r.add_argument("--seeds", default="", help="a count (3) or a list (0,1,2); default: the "
+                   "profile's")
+    r.add_argument("--commands", action="store_true", help="one training command per run "
+                   "not done (for GNU parallel, a SLURM array or one worker per GPU)")
+    r.add_argument("--runs-dir", default="runs")
+    r.add_argument("--data-dir", default="data")
+    r.add_argument("--device", default="auto")
+    r.set_defaults(func=cmd_runs)
     r = sub.add_parser("reproduce", help="run every notebook with papermill into results/")
     r.add_argument("--profile", default="smoke", choices=["smoke", "quick", "paper"])
     r.add_argument("--only", default="", help="comma-separated notebook numbers, e.g. 4,5")
     r.add_argument("--keep-going", action="store_true", help="continue after a failing notebook")
     r.add_argument("--out-dir", default=None, help="default: results/<profile>")
     r.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
-                   help="extra notebook parameter (must exist in the notebooks' parameters cell)")
+                   help="notebook parameter (must exist in the notebooks' parameters cell)")
     r.add_argument("--notebooks-dir", default=None,
                    help="run another folder of NN_*.ipynb notebooks (default: notebooks/)")
     r.set_defaults(func=cmd_reproduce)
     t1 = sub.add_parser("table1", help="print Table 1 computed from Eq. 7/8")
     t1.add_argument("--max-bits", type=int, default=4)
     t1.set_defaults(func=cmd_table1)
-    add_imagenet_parser(sub)
-    args = p.parse_args(argv)
+    return p
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip()
+    if "Original Traceback" in text:  # an error re-raised from a DataLoader worker
+        text = text.splitlines()[-1]
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .rundir import CorruptFile, RunBusy
+
+    args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except TrainingDiverged as err:
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        return 3
+    except RunBusy as err:
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        return 4
+    except (ValueError, FileNotFoundError, CorruptFile, NotADirectoryError,
+            PermissionError) as err:
+        print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted; the last checkpoint is kept and the next call resumes from it",
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -11,9 +11,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .dynamics import preserved_state
 from .functional import check_bits
 from .modules import GRANULARITIES, METHODS, QConv2d, QLinear, Quantizer, quantized_copy, quantizers
+from .state import preserved_state
 
 FULL_PRECISION = 32
 

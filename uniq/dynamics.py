@@ -2,46 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
-
 import torch
 from torch import nn
 
 from .modules import quantizers
-from .mse import sqnr_db
-
-
-def rng_state() -> dict[str, Any]:
-    """The CPU and (once CUDA is in use) CUDA RNG states."""
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-@contextmanager
-def preserved_state(model: nn.Module) -> Iterator[None]:
-    """Run extra forward passes without side effects: buffers (BatchNorm statistics), the
-    train/eval mode and the RNG states are restored on exit."""
-    buffers = [(b, b.detach().clone()) for b in model.buffers()]
-    was_training = model.training
-    rng = rng_state()
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for b, saved in buffers:
-                b.copy_(saved)
-        model.train(was_training)
-        set_rng_state(rng)
+from .mse import optimal_sqnr_db, sqnr_db
+from .state import preserved_state
 
 
 def activation_quantizers(model: nn.Module):
@@ -50,7 +16,7 @@ def activation_quantizers(model: nn.Module):
 
 
 @torch.no_grad()
-def record_dynamics(model: nn.Module, x: torch.Tensor, autocast: bool = False) -> dict:
+def record_dynamics(model: nn.Module, x: torch.Tensor, precision: str = "fp32") -> dict:
     """One forward pass (training mode, no side effects) that measures, for every activation
     quantizer, its step, the std of its input and the SQNR of its output. Returns device
     tensors, so calling this inside a training loop causes no host sync."""
@@ -70,9 +36,21 @@ def record_dynamics(model: nn.Module, x: torch.Tensor, autocast: bool = False) -
     try:
         with preserved_state(model):
             model.train()
-            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+            with torch.autocast(x.device.type, dtype=torch.bfloat16,
+                                enabled=precision == "bf16"):
                 model(x)
     finally:
         for h in handles:
             h.remove()
     return rows
+
+
+def probe_rows(epoch: int, probes: list[tuple[float, int, dict]]) -> list[dict]:
+    """The dynamics log's rows for one epoch's probes (read from the device once, at its end)."""
+    return [
+        {"epoch": epoch, "epoch_float": round(ef, 4), "step": st, "layer": layer,
+         "bits": v["bits"], "signed": v["signed"], "step_size": float(v["step"]),
+         "input_std": float(v["input_std"]), "sqnr_db": float(v["sqnr_db"]),
+         "optimal_sqnr_db": optimal_sqnr_db(v["bits"], "weight" if v["signed"] else "activation")}
+        for ef, st, rows in probes for layer, v in rows.items()
+    ]

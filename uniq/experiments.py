@@ -1,22 +1,29 @@
-"""The paper's CIFAR-100 experiments as data: profiles, the runs behind each table and figure,
-and writers that put every table next to the paper's numbers.
+"""The paper's CIFAR-100 experiments as data: profiles, the distinct runs behind Tables 4-6 and
+Figures 3-4 (with seeds), and writers that put every table next to the paper's numbers.
 
 Notebooks call these functions; they never build configs or loops themselves. Every run goes
-through ``uniq.train.train``, so a table asked for twice (or by two notebooks) trains once.
+through ``uniq.engine.fit`` with a fully resolved config, so a run asked for by two tables, two
+notebooks or two processes is trained once.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+import shlex
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from .mse import paper_tables
-from .train import Run, TrainConfig, train
+from .cifar import CifarConfig
+from .engine import Run, fit
+from .paper import check_reported, paper_value
+from .paths import resolve_path
+from .recipes import get_recipe
 
-REPO = Path(__file__).resolve().parent.parent
 PAPER_EPOCHS = 350
 
 
@@ -33,6 +40,7 @@ class Profile:
     epochs: int
     calib_batches: int
     warmup_scale: float
+    seeds: tuple[int, ...] = (0,)
     synthetic_train: int = 50_000
     synthetic_test: int = 10_000
     dynamics_per_epoch: int = 4
@@ -43,11 +51,23 @@ class Profile:
     def comparable(self) -> bool:
         return self.dataset == "cifar100" and self.depth == 32 and self.epochs == PAPER_EPOCHS
 
+    @property
+    def model_name(self) -> str:
+        return f"ResNet-{self.depth}"
+
+    @property
+    def data_name(self) -> str:
+        return "CIFAR-100" if self.dataset == "cifar100" else "generated data (not CIFAR-100)"
+
+    def warmup(self, epochs: float) -> float:
+        """This profile's length of one of the paper's warm-ups."""
+        return epochs * self.warmup_scale
+
     def caveat(self) -> str:
         if self.dataset == "synthetic":
             return ("SMOKE PROFILE: generated data (not CIFAR-100), a ResNet-"
-                    f"{self.depth} and {self.epochs}-epoch runs. These numbers only show that the "
-                    "pipeline runs; they are NOT comparable to the paper's.")
+                    f"{self.depth} and {self.epochs}-epoch quantized runs. These numbers only "
+                    "show that the pipeline runs; they are NOT comparable to the paper's.")
         if not self.comparable:
             return (f"{self.name} profile: real CIFAR-100, ResNet-{self.depth}, shortened "
                     f"schedules ({self.fp_epochs} FP / {self.epochs} quantized epochs instead "
@@ -56,18 +76,18 @@ class Profile:
 
 
 PROFILES = {
-    "smoke": Profile("smoke", "synthetic", depth=8, batch_size=64, fp_epochs=10, epochs=1,
-                     calib_batches=2, warmup_scale=0.05, synthetic_train=1024,
+    "smoke": Profile("smoke", "synthetic", depth=8, batch_size=64, fp_epochs=8, epochs=2,
+                     calib_batches=2, warmup_scale=0.1, seeds=(0, 1), synthetic_train=1024,
                      synthetic_test=500, dynamics_per_epoch=8,
-                     expected_time="under 10 minutes on 2 CPU cores"),
+                     expected_time="about 8 minutes on 2 CPU cores"),
     "quick": Profile("quick", "cifar100", depth=32, batch_size=128, fp_epochs=60, epochs=30,
-                     calib_batches=100, warmup_scale=1.0, dynamics_per_epoch=8,
-                     compile="default",
-                     expected_time="about 2-3 GPU-hours on one H100 (estimate)"),
+                     calib_batches=100, warmup_scale=1.0, seeds=(0, 1, 2),
+                     dynamics_per_epoch=8, compile="default",
+                     expected_time="about 6-9 GPU-hours on one H100 (estimate, 3 seeds)"),
     "paper": Profile("paper", "cifar100", depth=32, batch_size=128, fp_epochs=PAPER_EPOCHS,
-                     epochs=PAPER_EPOCHS, calib_batches=100, warmup_scale=1.0,
+                     epochs=PAPER_EPOCHS, calib_batches=100, warmup_scale=1.0, seeds=(0, 1, 2),
                      compile="default",
-                     expected_time="about 1-2 GPU-days on one H100 (estimate)"),
+                     expected_time="about 3-6 GPU-days on one H100 (estimate, 3 seeds)"),
 }
 
 
@@ -77,107 +97,102 @@ def get_profile(name: str) -> Profile:
     return PROFILES[name]
 
 
+def parse_seeds(value: object) -> tuple[int, ...]:
+    """``SEEDS``/``--seeds``: a count (``3`` = seeds 0, 1, 2) or a list (``"0,4,7"``,
+    ``[0, 4]``)."""
+    if isinstance(value, bool):
+        raise ValueError(f"seeds must be a count or a list of integers, got {value!r}")
+    if isinstance(value, int):
+        if value < 1:
+            raise ValueError(f"the number of seeds must be at least 1, got {value}")
+        return tuple(range(value))
+    if isinstance(value, str):
+        text = value.strip().strip("[]()")
+        try:
+            items = [int(x) for x in text.replace(" ", "").split(",") if x != ""]
+        except ValueError:
+            raise ValueError(f"seeds must be a count (3) or comma-separated integers (0,1,2), "
+                             f"got {value!r}") from None
+        if len(items) == 1 and "," not in text:
+            return parse_seeds(items[0])
+        value = items
+    if isinstance(value, (list, tuple)):
+        if not value or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
+                                for s in value):
+            raise ValueError(f"seeds must be non-negative integers, got {value!r}")
+        if len(set(value)) != len(value):
+            raise ValueError(f"seeds must not repeat, got {value!r}")
+        return tuple(value)
+    raise ValueError(f"seeds must be a count or a list of integers, got {value!r}")
+
+
 @dataclass
 class Context:
-    """Where a notebook reads and writes: profile, results folder, runs folder, device."""
+    """Where a notebook reads and writes, and the choices that shape every run it asks for."""
 
     profile: Profile
     results_dir: Path
     runs_dir: Path
     data_dir: Path
     device: str = "auto"
+    seeds: tuple[int, ...] = (0,)
+    lsq_init: str = "lsq"
+    reported: str = "top1_final"
+    precision: str = "fp32"
+    notes: dict = field(default_factory=dict)
 
     def base(self) -> dict:
         p = self.profile
         return dict(dataset=p.dataset, synthetic_train=p.synthetic_train,
                     synthetic_test=p.synthetic_test, depth=p.depth, batch_size=p.batch_size,
                     calib_batches=p.calib_batches, dynamics_per_epoch=p.dynamics_per_epoch,
+                    fp_epochs=p.fp_epochs, precision=self.precision,
                     runs_dir=str(self.runs_dir), data_dir=str(self.data_dir),
                     device=self.device, compile=p.compile)
 
+    def describe(self) -> str:
+        p = self.profile
+        return (f"{p.model_name} on {p.data_name}, {p.fp_epochs} FP epochs, {p.epochs} epochs "
+                f"per quantized run, seeds {list(self.seeds)}, {self.precision}")
+
 
 def context(profile: str = "smoke", results_dir: str | None = None, runs_dir: str = "runs",
-            data_dir: str = "data", device: str = "auto") -> Context:
-    """Resolve a notebook's parameters; relative paths are taken from the repository root, so
-    a notebook gives the same answer from JupyterLab (cwd notebooks/) and from papermill."""
+            data_dir: str = "data", device: str = "auto", seeds: object = None,
+            lsq_init: str = "lsq", reported: str = "top1_final",
+            precision: str = "fp32") -> Context:
+    """Resolve a notebook's parameters. Relative paths are taken from the project root (see
+    ``uniq.paths``), so a notebook gives the same answer from JupyterLab and from papermill."""
     prof = get_profile(profile)
-    out = _from_repo(results_dir or f"results/{profile}")
+    if lsq_init not in ("lsq", "mse"):
+        raise ValueError(f"LSQ_INIT must be 'lsq' (LSQ's own init, the default) or 'mse', "
+                         f"got {lsq_init!r}")
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"PRECISION must be 'fp32' (the paper) or 'bf16', got {precision!r}")
+    out = resolve_path(results_dir or f"results/{profile}")
     out.mkdir(parents=True, exist_ok=True)
-    return Context(prof, out, _from_repo(runs_dir), _from_repo(data_dir), device)
+    return Context(prof, out, resolve_path(runs_dir), resolve_path(data_dir), device,
+                   prof.seeds if seeds is None else parse_seeds(seeds), lsq_init,
+                   check_reported(reported), precision)
 
 
-def _from_repo(path: str | Path) -> Path:
-    return Path(path) if Path(path).is_absolute() else REPO / path
+# --- the experiments ------------------------------------------------------------------------
 
 
-# --- the runs -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Experiment:
+    """One cell of Tables 4-6: a run setting (trained once per seed)."""
 
-
-def fp_config(ctx: Context) -> TrainConfig:
-    return TrainConfig(bits=32, epochs=ctx.profile.fp_epochs, **ctx.base())
-
-
-def quant_config(ctx: Context, bits: int, method: str = "uniq", init: str | float = "mse",
-                 recipe: str = "") -> TrainConfig:
-    """A quantized run started from the profile's full-precision run (Section 5.2)."""
-    warmup = None
-    if recipe:
-        from .recipes import get_recipe
-
-        warmup = get_recipe(recipe).warmup_epochs * ctx.profile.warmup_scale
-    return TrainConfig(bits=bits, method=method, init=init, recipe=recipe, warmup_epochs=warmup,
-                       epochs=ctx.profile.epochs, init_from=fp_config(ctx).to_dict(),
-                       **ctx.base())
-
-
-def run(cfg: TrainConfig) -> Run:
-    return train(cfg)
-
-
-def paper_value(table: int, method: str, bits: int) -> float:
-    p = paper_tables()
-    hit = p[(p.table == table) & (p.method == method) & (p.weight_bits == bits)]
-    return float(hit.value.iloc[0]) if len(hit) else float("nan")
-
-
-def _row(ctx: Context, r: Run, **fields) -> dict:
-    return {**fields, "top1": round(r.top1, 2), "dataset": r.summary["dataset"],
-            "profile": ctx.profile.name, "run": r.dir.name}
-
-
-def _with_paper(df: pd.DataFrame) -> pd.DataFrame:
-    df["diff"] = (df.top1 - df.paper_top1).round(2)
-    return df
-
-
-def table4(ctx: Context) -> pd.DataFrame:
-    """Table 4: LSQ vs UniQ at 4/3/2/1 bits (and the FP start), CIFAR-100 ResNet-32."""
-    fp = run(fp_config(ctx))
-    rows = [_row(ctx, fp, method="FP", bits="32/32", paper_top1=paper_value(4, "fp", 32))]
-    for method, label in (("lsq", "LSQ"), ("uniq", "UniQ")):
-        for bits in (4, 3, 2, 1):
-            if method == "lsq" and bits == 1:
-                continue  # LSQ has no binary quantizer (the paper's table has a dash)
-            r = run(quant_config(ctx, bits, method))
-            rows.append(_row(ctx, r, method=label, bits=f"{bits}/{bits}",
-                             paper_top1=paper_value(4, label, bits)))
-    return _with_paper(pd.DataFrame(rows))
+    key: str
+    table: int
+    columns: tuple[tuple[str, object], ...]
+    bits: int
+    method: str = "uniq"
+    init: str | float = "mse"
+    recipe: str = ""
+    paper_top1: float = float("nan")
 
 
 TABLE5_INITS = ((0.1, "0.1"), (0.2, "0.2"), ("lsq", "LSQ"), ("mse", "MSE"))
-
-
-def table5(ctx: Context) -> pd.DataFrame:
-    """Table 5: step-size init 0.1, 0.2, LSQ's heuristic and MSE (ours), at 2 and 3 bits."""
-    rows = []
-    for bits in (2, 3):
-        for init, label in TABLE5_INITS:
-            r = run(quant_config(ctx, bits, "uniq", init))
-            rows.append(_row(ctx, r, bits=f"{bits}/{bits}", init=label,
-                             paper_top1=paper_value(5, f"UniQ init={label}", bits)))
-    return _with_paper(pd.DataFrame(rows))
-
-
 TABLE6 = (
     ("sgd-lr0.01", "SGD", "no warm-up", "SGD lr=0.01 no warm-up"),
     ("sgd-lr0.005", "SGD", "no warm-up", "SGD lr=0.005 no warm-up"),
@@ -192,32 +207,244 @@ TABLE6 = (
 )
 
 
-def table6(ctx: Context) -> pd.DataFrame:
-    """Table 6: 1-bit ResNet-32 under SGD/Adam, with and without constant warm-up."""
-    from .recipes import get_recipe
-
-    rows = []
+def experiments(ctx: Context, table: int | None = None) -> list[Experiment]:
+    """The cells of Tables 4, 5 and 6 (or of one of them), in the paper's order."""
+    out = [Experiment("t4/fp", 4, (("method", "FP"), ("bits", "32/32")), 32,
+                      paper_top1=paper_value(4, "fp", 32))]
+    for method, label in (("lsq", "LSQ"), ("uniq", "UniQ")):
+        for bits in (4, 3, 2, 1):
+            if method == "lsq" and bits == 1:
+                continue  # LSQ has no binary quantizer (the paper's table has a dash)
+            init = ctx.lsq_init if method == "lsq" else "mse"
+            out.append(Experiment(f"t4/{method}/{bits}b", 4, (("method", label),
+                                                              ("bits", f"{bits}/{bits}")),
+                                  bits, method, init, paper_top1=paper_value(4, label, bits)))
+    for bits in (2, 3):
+        for init, label in TABLE5_INITS:
+            out.append(Experiment(f"t5/{bits}b/init={str(init).lower()}", 5,
+                                  (("bits", f"{bits}/{bits}"), ("init", label)), bits, "uniq",
+                                  init, paper_top1=paper_value(5, f"UniQ init={label}", bits)))
     for recipe, optimizer, schedule, paper_name in TABLE6:
-        r = run(quant_config(ctx, 1, "uniq", "mse", recipe))
-        rec = get_recipe(recipe)
-        rows.append(_row(ctx, r, optimizer=optimizer, schedule=schedule, lr=rec.lr,
-                         warmup_epochs=r.config.warmup_epochs,
-                         paper_top1=paper_value(6, paper_name, 1)))
-    return _with_paper(pd.DataFrame(rows))
+        r = get_recipe(recipe)
+        warm = ctx.profile.warmup(r.warmup_epochs)
+        out.append(Experiment(f"t6/{recipe}", 6, (
+            ("optimizer", optimizer), ("schedule", schedule), ("lr", r.lr),
+            ("warmup_epochs", warm)), 1, "uniq", "mse", recipe,
+            paper_top1=paper_value(6, paper_name, 1)))
+    return [e for e in out if table is None or e.table == table]
 
 
-FIGURE4_PANELS = (
-    ("(a) 2-bit, SGD lr 0.01", 2, ""),
-    ("(b) 1-bit, SGD lr 0.01, no warm-up", 1, "sgd-lr0.01"),
-    ("(c) 1-bit, SGD, 5-epoch warm-up at 0.001", 1, "sgd-warmup5"),
-    ("(d) 1-bit, Adam lr 0.004", 1, "adam-lr0.004"),
-)
+def experiment(ctx: Context, key: str) -> Experiment:
+    for e in experiments(ctx):
+        if e.key == key:
+            return e
+    raise ValueError(f"unknown experiment {key!r}")
 
 
-def figure4_runs(ctx: Context) -> list[tuple[str, Run]]:
-    """The four runs of Figure 4 (the 2-bit one is Table 4's UniQ 2-bit run: same recipe)."""
-    return [(title, run(quant_config(ctx, bits, "uniq", "mse", recipe)))
-            for title, bits, recipe in FIGURE4_PANELS]
+def config(ctx: Context, e: Experiment, seed: int = 0) -> CifarConfig:
+    """The run of one experiment and seed. Quantized runs start from the profile's
+    full-precision run (seed 0; Section 5.2); the warm-up is scaled by the profile."""
+    if e.bits == 32:
+        return CifarConfig(bits=32, epochs=ctx.profile.fp_epochs, seed=0, **ctx.base())
+    return CifarConfig(bits=e.bits, method=e.method, init=e.init, recipe=e.recipe,
+                       warmup_scale=ctx.profile.warmup_scale, epochs=ctx.profile.epochs,
+                       seed=seed, **ctx.base())
+
+
+def fp_config(ctx: Context) -> CifarConfig:
+    return config(ctx, experiments(ctx, 4)[0])
+
+
+def quant_config(ctx: Context, bits: int, method: str = "uniq", init: str | float | None = None,
+                 recipe: str = "", seed: int = 0) -> CifarConfig:
+    """A quantized run started from the profile's full-precision run (Section 5.2)."""
+    if init is None:
+        init = ctx.lsq_init if method == "lsq" else "mse"
+    return config(ctx, Experiment("adhoc", 0, (), bits, method, init, recipe), seed)
+
+
+def run(cfg: CifarConfig) -> Run:
+    """A finished run (trained now if needed)."""
+    return fit(cfg)
+
+
+# --- planning, progress and commands ------------------------------------------------------
+
+
+def _state(cfg: CifarConfig) -> str:
+    d = cfg.run_dir()
+    return ("done" if (d / "result.json").exists() else "partial"
+            if (d / "checkpoint.pt").exists() else "missing")
+
+
+def train_command(cfg: CifarConfig) -> str:
+    """The ``python -m uniq train`` command that trains exactly this run."""
+    default = CifarConfig()
+    args = ["python", "-m", "uniq", "train"]
+    for f in fields(cfg):
+        if not f.metadata.get("cli", True):
+            continue
+        v = getattr(cfg, f.name)
+        if v == getattr(default, f.name) or f.name in ("compile",):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(v, bool):
+            args.append(flag if v else "--no-" + f.name.replace("_", "-"))
+        else:
+            args += [flag, str(v)]
+    return shlex.join(args)
+
+
+def distinct_runs(ctx: Context, keys: Iterable[str] | None = None
+                  ) -> list[tuple[str, int, CifarConfig]]:
+    """(experiment key, seed, config) for every distinct run, parents first, each once."""
+    wanted = None if keys is None else set(keys)
+    seen, out = set(), []
+    for e in experiments(ctx):
+        if wanted is not None and e.key not in wanted:
+            continue
+        for seed in (0,) if e.bits == 32 else ctx.seeds:
+            cfg = config(ctx, e, seed)
+            chain = [cfg]
+            if cfg.bits != 32:
+                parent = cfg.resolved().init_from
+                chain.insert(0, CifarConfig.from_dict({**parent, **_placement(ctx)}))
+            for c in chain:
+                d = c.run_dir()
+                if d not in seen:
+                    seen.add(d)
+                    key = e.key if c is cfg else "t4/fp"
+                    out.append((key, 0 if c is not cfg else seed, c))
+    return out
+
+
+def _placement(ctx: Context) -> dict:
+    b = ctx.base()
+    return {k: b[k] for k in ("runs_dir", "data_dir", "device", "compile")}
+
+
+def plan(ctx: Context, keys: Iterable[str] | None = None) -> list[dict]:
+    """One row per distinct run: experiment, seed, run directory name, state, command."""
+    return [{"experiment": key, "seed": seed, "run": cfg.run_dir().name, "state": _state(cfg),
+             "command": train_command(cfg)}
+            for key, seed, cfg in distinct_runs(ctx, keys)]
+
+
+def _seconds_per_image_epoch(ctx: Context) -> float | None:
+    """The last measured training speed of this profile's model on this machine's runs."""
+    rates = []
+    for path in sorted(ctx.runs_dir.glob("cifar/*/result.json"),
+                       key=lambda p: p.stat().st_mtime)[-5:]:
+        r = json.loads(path.read_text())
+        if r.get("train_time_s") and r.get("train_size") and f"resnet{ctx.profile.depth}-" in \
+                r.get("label", ""):
+            rates.append(r["train_time_s"] / (r["epochs"] * r["train_size"]))
+    return float(np.median(rates)) if rates else None
+
+
+def ensure(ctx: Context, keys: Iterable[str], notebook: str = "this notebook") -> dict:
+    """Make sure the runs of these experiments exist (every seed), saying first how many are
+    needed, cached and to train, and about how long that takes; then "run i of M" for each.
+    Returns ``{(key, seed): Run}``."""
+    todo = distinct_runs(ctx, keys)
+    missing = [(k, s, c) for k, s, c in todo if _state(c) != "done"]
+    rate = _seconds_per_image_epoch(ctx)
+    size = ctx.profile.synthetic_train if ctx.profile.dataset == "synthetic" else 50_000
+    if missing:
+        eta = ""
+        if rate is not None:
+            secs = sum(c.epochs for _, _, c in missing) * size * rate
+            eta = f" (about {secs / 60:.1f} min at the last measured speed)"
+        print(f"{notebook} needs {len(todo)} runs: {len(todo) - len(missing)} cached, "
+              f"{len(missing)} to train{eta}. {ctx.describe()}.", flush=True)
+    else:
+        print(f"{notebook} needs {len(todo)} runs: all cached, nothing to train.", flush=True)
+    runs = {}
+    for i, (key, seed, cfg) in enumerate(missing):
+        print(f"run {i + 1} of {len(missing)}: {key} seed {seed} ({cfg.run_dir().name})",
+              flush=True)
+        t0 = time.time()
+        fit(cfg, quiet=False)
+        print(f"run {i + 1} of {len(missing)} done in {time.time() - t0:.0f}s", flush=True)
+    for key, seed, cfg in todo:
+        runs[(key, seed)] = Run.load(cfg.run_dir())
+    return runs
+
+
+# --- tables -----------------------------------------------------------------------------------
+
+
+def per_seed(ctx: Context, table: int) -> pd.DataFrame:
+    """Every seed's result for every cell of a table (trains what is missing)."""
+    exps = experiments(ctx, table)
+    runs = ensure(ctx, [e.key for e in exps], f"Table {table}")
+    rows = []
+    for e in exps:
+        for seed in (0,) if e.bits == 32 else ctx.seeds:
+            r = runs[(e.key, seed)]
+            rows.append({"experiment": e.key, **dict(e.columns), "seed": seed,
+                         "top1_final": r.result["top1_final"],
+                         "top1_best": r.result["top1_best"], "paper_top1": e.paper_top1,
+                         "dataset": r.result["dataset"], "precision": r.result["precision"],
+                         "run": r.dir.name})
+    return pd.DataFrame(rows)
+
+
+def summarize(seeds: pd.DataFrame, reported: str, profile: str) -> pd.DataFrame:
+    """Per cell: mean, sd and n over seeds of both accuracies, the paper's value, and the
+    difference (of ``reported``) with its 95% confidence interval over seeds."""
+    from .claims import per_cell_summary
+
+    return per_cell_summary(seeds, reported=reported).assign(profile=profile)
+
+
+def cifar_table(ctx: Context, table: int) -> pd.DataFrame:
+    seeds = per_seed(ctx, table)
+    seeds.to_csv(ctx.results_dir / f"table{table}_seeds.csv", index=False)
+    return summarize(seeds, ctx.reported, ctx.profile.name)
+
+
+def table4(ctx: Context) -> pd.DataFrame:
+    """Table 4: LSQ vs UniQ at 4/3/2/1 bits (and the FP start)."""
+    return cifar_table(ctx, 4)
+
+
+def table5(ctx: Context) -> pd.DataFrame:
+    """Table 5: step-size init 0.1, 0.2, LSQ's heuristic and MSE (ours), at 2 and 3 bits."""
+    return cifar_table(ctx, 5)
+
+
+def table6(ctx: Context) -> pd.DataFrame:
+    """Table 6: 1-bit ResNet under SGD/Adam, with and without constant warm-up."""
+    return cifar_table(ctx, 6)
+
+
+def table_title(ctx: Context, table: int) -> str:
+    what = {4: "LSQ vs UniQ", 5: "step-size initialisation (UniQ)",
+            6: "1-bit training schedules (UniQ)"}[table]
+    p = ctx.profile
+    return (f"Table {table}: {what}, {p.model_name} on {p.data_name}, top-1 % "
+            f"(mean over {len(ctx.seeds)} seed(s); diff uses {ctx.reported})")
+
+
+# --- figures ----------------------------------------------------------------------------------
+
+
+def figure4_panels(ctx: Context) -> list[tuple[str, str]]:
+    """(title, experiment key) of Figure 4's panels, titled with this profile's warm-up."""
+    w = ctx.profile.warmup(5)
+    return [("(a) 2-bit, SGD lr 0.01", "t4/uniq/2b"),
+            ("(b) 1-bit, SGD lr 0.01, no warm-up", "t6/sgd-lr0.01"),
+            (f"(c) 1-bit, SGD, {w:g}-epoch warm-up at 0.001", "t6/sgd-warmup5"),
+            ("(d) 1-bit, Adam lr 0.004", "t6/adam-lr0.004")]
+
+
+def figure4_runs(ctx: Context, seed: int | None = None) -> list[tuple[str, Run]]:
+    """The four runs of Figure 4 (first seed): they are cells of Tables 4 and 6."""
+    seed = ctx.seeds[0] if seed is None else seed
+    panels = figure4_panels(ctx)
+    runs = ensure(ctx, [k for _, k in panels], "Figure 4")
+    return [(title, runs[(key, seed)]) for title, key in panels]
 
 
 def body_layers(model) -> list[str]:
@@ -238,9 +465,68 @@ def figure4_layer(model) -> str:
     return names[len(names) // 2]
 
 
-def figure3_runs(ctx: Context) -> dict[str, Run]:
-    """The 2-bit LSQ and UniQ runs of Table 4, whose weights Figure 3 shows."""
-    return {"LSQ": run(quant_config(ctx, 2, "lsq")), "UniQ": run(quant_config(ctx, 2, "uniq"))}
+def figure3_runs(ctx: Context, seed: int | None = None) -> dict[str, Run]:
+    """The 2-bit LSQ and UniQ runs of Table 4 (first seed), whose weights Figure 3 shows."""
+    seed = ctx.seeds[0] if seed is None else seed
+    runs = ensure(ctx, ["t4/lsq/2b", "t4/uniq/2b"], "Figure 3")
+    return {"LSQ": runs[("t4/lsq/2b", seed)], "UniQ": runs[("t4/uniq/2b", seed)]}
+
+
+# --- measurements for the claims ------------------------------------------------------------
+
+
+def sqnr_gap_early(dynamics: pd.DataFrame, layer: str, epochs: int,
+                   fraction: float = 0.3) -> float:
+    """Mean of (optimal SQNR - measured SQNR) in dB for one activation quantizer over the
+    probes in the first ``fraction`` of training (Figure 4's claim)."""
+    d = dynamics[(dynamics.layer == layer) & (dynamics.epoch_float < fraction * epochs)]
+    if d.empty:
+        d = dynamics[dynamics.layer == layer].head(2)
+    return float((d.optimal_sqnr_db - d.sqnr_db).mean())
+
+
+def measurements(ctx: Context, train: bool = False) -> tuple[pd.DataFrame, dict]:
+    """The long table the claims are computed from (experiment, seed, metric, value, run), and
+    the commands that train what is missing (``{experiment: [commands]}``)."""
+    from scipy.stats import skew
+
+    rows, missing = [], {}
+    if train:
+        ensure(ctx, [e.key for e in experiments(ctx)], "The claims")
+    layer_cache: dict[str, list[str]] = {}
+    for e in experiments(ctx):
+        for seed in (0,) if e.bits == 32 else ctx.seeds:
+            cfg = config(ctx, e, seed)
+            if _state(cfg) != "done":
+                missing.setdefault(e.key, []).append(train_command(cfg))
+                continue
+            r = Run.load(cfg.run_dir())
+            base = {"experiment": e.key, "seed": seed, "run": r.dir.name}
+            for metric in ("top1_final", "top1_best"):
+                rows.append({**base, "metric": metric, "value": r.result[metric]})
+            if e.key in ("t4/lsq/2b", "t4/uniq/2b"):
+                model = r.model()
+                layers = layer_cache.setdefault("f3", figure3_layers(model))
+                state = model.state_dict()
+                for tag, name in zip("AB", layers, strict=False):
+                    w = state[f"{name}.weight"].double().flatten().numpy()
+                    rows.append({**base, "metric": f"weight_skew:{tag}", "value": float(skew(w))})
+            if e.key in ("t6/sgd-lr0.01", "t6/sgd-warmup5", "t6/adam-lr0.004", "t4/uniq/2b"):
+                dyn = r.dynamics()
+                if not dyn.empty:
+                    layer = layer_cache.setdefault("f4", [figure4_layer(r.model())])[0]
+                    rows.append({**base, "metric": "sqnr_gap_early",
+                                 "value": sqnr_gap_early(dyn, layer, r.config.epochs)})
+    cols = ["experiment", "seed", "metric", "value", "run"]
+    return pd.DataFrame(rows, columns=cols), missing
+
+
+def claims_table(ctx: Context, train: bool = False) -> pd.DataFrame:
+    """Every claim of ``data/claims.csv`` with its effect, 95% interval and verdict."""
+    from .claims import evaluate_claims
+
+    values, missing = measurements(ctx, train)
+    return evaluate_claims(values, missing=missing, profile_comparable=ctx.profile.comparable)
 
 
 # --- writing results ------------------------------------------------------------------------
@@ -252,8 +538,9 @@ def save_table(ctx: Context, df: pd.DataFrame, name: str, title: str,
     profile's caveat (or ``note``, for tables that do not depend on the profile)."""
     df = df.copy()
     df.insert(0, "profile", df.pop("profile") if "profile" in df else ctx.profile.name)
-    if "top1" in df:  # a trained result: say whether it can be held against the paper
+    if "top1" in df or "top1_final" in df:
         df["comparable_to_paper"] = ctx.profile.comparable
+        df["precision"] = ctx.precision
     csv = ctx.results_dir / f"{name}.csv"
     df.to_csv(csv, index=False)
     md = [f"# {title}", "", f"> {note or ctx.profile.caveat()}", "",
@@ -269,11 +556,13 @@ def save_figure(ctx: Context, fig, name: str) -> Path:
 
 
 def record(ctx: Context, notebook: str, **facts) -> None:
-    """Append what a notebook used (runs, dataset, seeds) to ``notebooks.json`` in the results,
+    """Add what a notebook used (runs, dataset, seeds) to ``notebooks.json`` in the results,
     which the runner folds into provenance.json."""
     path = ctx.results_dir / "notebooks.json"
     data = json.loads(path.read_text()) if path.exists() else {}
-    data[notebook] = {"profile": asdict(ctx.profile), **facts}
+    data[notebook] = {"profile": asdict(ctx.profile), "seeds": list(ctx.seeds),
+                      "precision": ctx.precision, "lsq_init": ctx.lsq_init,
+                      "reported": ctx.reported, **facts}
     path.write_text(json.dumps(data, indent=2, default=str))
 
 
@@ -300,11 +589,12 @@ def summary_table(ctx: Context) -> pd.DataFrame:
         if not path.exists():
             continue
         t = pd.read_csv(path)
-        t = t[t.top1.notna()] if "top1" in t else t.iloc[0:0]
+        value = ctx.reported if ctx.reported in t else "top1"
+        t = t[t[value].notna()] if value in t else t.iloc[0:0]
         if t.empty:
             continue
         parts.append(pd.DataFrame({"table": table, "setting": _settings(t, cols),
-                                   "value": t.top1, "paper": t.paper_top1,
+                                   "value": t[value], "paper": t.paper_top1,
                                    "dataset": t.dataset}))
     if not parts:
         raise FileNotFoundError(f"no tables in {ctx.results_dir}; run notebooks 2-7 first")
@@ -320,5 +610,6 @@ def reproduced_imagenet(ctx: Context, model: str) -> pd.DataFrame:
     if not path.exists():
         return pd.DataFrame(columns=["bits", "top1"])
     t = pd.read_csv(path)
-    t = t[(t.model == model) & (t.method == "UniQ") & t.top1.notna()]
-    return t[["bits", "top1"]]
+    col = ctx.reported if ctx.reported in t else "top1"
+    t = t[(t.model == model) & (t.method == "UniQ") & t[col].notna()]
+    return t[["bits", col]].rename(columns={col: "top1"})

@@ -116,3 +116,18 @@ def imagenet_model(name: str, pretrained: bool | str | Path = False) -> nn.Modul
         state = state["model"]
     model.load_state_dict(state)
     return model
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Put ``new`` where the module called ``name`` (dotted, as in ``named_modules``) is."""
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, new)
+
+
+def adaptive_pooling(model: nn.Module) -> nn.Module:
+    """pytorchcv's final 7x7 AvgPool equals a global average at 224 pixels; the adaptive form
+    gives the same numbers there and also accepts other input sizes."""
+    for name, m in list(model.named_modules()):
+        if name.endswith("final_pool") and isinstance(m, nn.AvgPool2d):
+            replace_module(model, name, nn.AdaptiveAvgPool2d(1))
+    return model
