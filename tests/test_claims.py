@@ -154,6 +154,13 @@ def test_welch_power_against_a_simulation(n):
     assert C.students_power(n, effect, sd) > C.welch_power(n, effect, sd) + 0.02
 
 
+def test_detectable_effect_inverts_the_power():
+    for n in (2, 3, 5):
+        effect = C.detectable_effect(n, 0.3)
+        assert C.welch_power(n, effect, 0.3) == pytest.approx(0.8, abs=1e-6)
+    assert C.detectable_effect(3, 0.3) > C.detectable_effect(5, 0.3)
+
+
 def test_pooled_seed_sd():
     m = pd.DataFrame({"experiment": ["x"] * 3 + ["y"] * 4 + ["z"],
                       "seed": [0, 1, 2, 0, 1, 2, 3, 0], "metric": "top1_final",

@@ -314,6 +314,21 @@ def seeds_needed(effect: float, sd: float, power: float = 0.8, alpha: float = 0.
     return n
 
 
+def detectable_effect(n: int, sd: float, power: float = 0.8, alpha: float = 0.05) -> float:
+    """The smallest true difference that ``n`` seeds per side resolve with probability ``power``
+    (two-sided Welch test at ``alpha``, seed-to-seed ``sd``): the inverse of
+    :func:`welch_power` in the effect, by bisection."""
+    if n < 2:
+        return float("inf")
+    low, high = 0.0, sd
+    while welch_power(n, high, sd, alpha) < power:
+        low, high = high, 2 * high
+    for _ in range(40):
+        mid = 0.5 * (low + high)
+        low, high = (mid, high) if welch_power(n, mid, sd, alpha) < power else (low, mid)
+    return high
+
+
 def pooled_seed_sd(measurements: pd.DataFrame, metric: str = "top1_final") -> tuple[float, int]:
     """Seed-to-seed standard deviation of ``metric`` pooled over every experiment with at least
     two seeds: ``sqrt(sum((n_i - 1) s_i^2) / sum(n_i - 1))``. Returns ``(sd, degrees of freedom)``;
