@@ -1,19 +1,21 @@
-"""ImageNet path on CPU: policy of the three architectures, weights, data errors, DDP with gloo."""
+"""The ImageNet task on the CPU: policy of the three architectures, weights, data errors, the
+1-bit run from the 2-bit one, evaluation, and DDP (gloo) against one process in float64."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import cli_args, env
 from PIL import Image
 
+import uniq.engine as E
 import uniq.imagenet as I
 from uniq.models import imagenet_model
-
-REPO = Path(__file__).resolve().parent.parent
+from uniq.modules import quantizers
+from uniq.paper import imagenet_tables
 
 
 def make_image_folder(root: Path, classes=4, train=8, val=2, size=40):
@@ -31,6 +33,14 @@ def make_image_folder(root: Path, classes=4, train=8, val=2, size=40):
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     return make_image_folder(tmp_path_factory.mktemp("imagenet"))
+
+
+def small(folder, out, **kw):
+    return I.ImageNetConfig(**{
+        "arch": "preresnet18", "bits": 2, "data_dir": str(folder), "pretrained": "none",
+        "epochs": 1, "batch_size": 8, "calib_batches": 1, "image_size": 32, "augment": False,
+        "sync_bn": True, "workers": 0, "runs_dir": str(out), "device": "cpu", "lr": 0.005,
+        "log_every": 1, **kw})
 
 
 def test_policy_of_all_three_architectures():
@@ -68,104 +78,126 @@ def test_pretrained_weights_from_a_local_file(tmp_path):
 
 
 def test_missing_or_malformed_data(tmp_path):
-    cfg = I.ImageNetConfig(data=str(tmp_path / "nope"), pretrained="none", device="cpu")
     with pytest.raises(FileNotFoundError, match="train/"):
-        I.run(cfg)
+        E.fit(small(tmp_path / "nope", tmp_path), quiet=True)
     (tmp_path / "bad" / "train").mkdir(parents=True)
     (tmp_path / "bad" / "val").mkdir()
-    cfg = I.ImageNetConfig(data=str(tmp_path / "bad"), pretrained="none", device="cpu")
     with pytest.raises(FileNotFoundError, match="not a valid ImageFolder"):
-        I.run(cfg)
+        E.fit(small(tmp_path / "bad", tmp_path), quiet=True)
 
 
-def test_missing_init_from_checkpoint(folder, tmp_path):
-    cfg = I.ImageNetConfig(data=str(folder), bits=1, init_from=str(tmp_path / "none"),
-                           pretrained="none", device="cpu", workers=0, batch_size=8)
-    with pytest.raises(FileNotFoundError, match="init-from"):
-        I.run(cfg)
+def test_a_corrupt_image_is_named(tmp_path):
+    root = make_image_folder(tmp_path / "data", classes=2, train=4, val=1, size=24)
+    bad = root / "train" / "n00000001" / "img_0.png"
+    bad.write_bytes(bad.read_bytes()[:40])
+    with pytest.raises(ValueError, match="img_0.png"):
+        E.fit(small(root, tmp_path, batch_size=4), quiet=True)
 
 
-def small(folder, out, **kw):
-    return I.ImageNetConfig(**{
-        "arch": "preresnet18", "bits": 2, "data": str(folder), "pretrained": "none",
-        "epochs": 1, "batch_size": 8, "calib_batches": 1, "image_size": 32, "augment": False,
-        "sync_bn": True, "workers": 0, "output_dir": str(out), "device": "cpu", "lr": 0.005,
-        "print_freq": 1, **kw})
+def test_one_bit_starts_from_the_two_bit_run_and_is_binary(folder, tmp_path):
+    one_cfg = small(folder, tmp_path, bits=1, sync_bn=False, lr=None)
+    r = one_cfg.resolved()
+    assert r.recipe == "adam-warmup5" and r.weight_decay == 0.0
+    assert r.init_from["bits"] == 2 and r.init_from["weight_decay"] == 0.25e-4
+    one = E.fit(one_cfg, quiet=True)  # trains the 2-bit parent first
+    two = E.Run.load(next(p for p in (tmp_path / "imagenet").iterdir() if "uniq2b" in p.name))
+    model = one.model()
+    name = "features.stage2.unit1.body.conv1.conv"
+    layer = model.get_submodule(name)
+    assert layer.weight_quantizer.bits == 1 and layer.act_quantizer.bits == 1
+    wq = layer.weight_quantizer(layer.weight).detach()
+    for c in range(wq.shape[0]):  # kernel-wise: two levels per output channel
+        assert wq[c].unique().numel() == 2
+    parent_steps = dict(quantizers(two.model()))
+    assert not torch.equal(layer.weight_quantizer.step,
+                           parent_steps[f"{name}.weight_quantizer"].step)
+    out = layer.act_quantizer(torch.randn(2, layer.in_channels, 8, 8).abs())
+    assert out.unique().numel() <= 2
 
 
-def _cli(cfg):
-    args = []
-    for k, v in cfg.__dict__.items():
-        flag = "--" + k.replace("_", "-")
-        if isinstance(v, bool):
-            args.append(flag if v else "--no-" + k.replace("_", "-"))
-        elif v not in (None, ""):
-            args += [flag, str(v)]
-    return args
+def test_imagenet_tables_pick_up_finished_runs(tmp_path):
+    d = tmp_path / "imagenet" / "preresnet18-uniq2b-sgd0.01-s0-x"
+    d.mkdir(parents=True)
+    (d / "config.json").write_text(json.dumps({"config": {"arch": "preresnet18"}}))
+    (d / "result.json").write_text(json.dumps(
+        {"bits": 2, "method": "uniq", "top1_final": 66.9, "top1_best": 67.0, "epochs": 90,
+         "run": d.name}))
+    t2, t3 = imagenet_tables(tmp_path)
+    hit = t2[(t2.model == "resnet18") & (t2.method == "UniQ") & (t2.bits == 2)]
+    assert hit.top1_final.iloc[0] == 66.9 and hit["diff"].iloc[0] == pytest.approx(66.9 - 67.8)
+    assert t2.top1_final.notna().sum() == 1 and t3.top1_final.isna().all()
+    assert len(t3) == 16 and set(t2.diff_uses) == {"top1_final"}
 
 
-def test_two_process_torchrun_matches_one_process_and_resumes(folder, tmp_path):
-    two = small(folder, tmp_path / "two")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+def _torchrun(module_args, port):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-           "--master-port", "29517", "-m", "uniq", "imagenet", *_cli(two)]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads((two.run_dir() / "result.json").read_text())
-    assert result["world_size"] == 2 and result["ranks_identical"] is True
-    assert result["model"] == "resnet18" and result["method"] == "UniQ" and result["bits"] == 2
+           "--master-port", str(port), "-m", "uniq", *module_args]
+    return subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600)
 
-    one = small(folder, tmp_path / "one")
-    assert one.key() == two.key()
-    single = I.run(one)
-    assert single["world_size"] == 1
-    a = torch.load(two.run_dir() / "model.pt", weights_only=True)
-    b = torch.load(one.run_dir() / "model.pt", weights_only=True)
-    # Equal up to float reduction order (amplified a little where a value sits on a rounding
-    # boundary of a 2-bit quantizer): parameters tightly, BatchNorm statistics to 1%.
+
+def _assert_same_weights(a_dir: Path, b_dir: Path, rtol=1e-9):
+    a = torch.load(a_dir / "model.pt", weights_only=True)
+    b = torch.load(b_dir / "model.pt", weights_only=True)
+    assert a.keys() == b.keys()
     for k in a:
         if torch.is_tensor(a[k]) and a[k].is_floating_point():
-            if k.endswith(("weight", "bias", "step")):
-                assert torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-5), k
-            else:
-                assert (a[k] - b[k]).abs().max() <= 1e-2 * b[k].abs().max() + 1e-6, k
-
-    # preemption: leave after one of two epochs, come back, end where a straight run ends
-    straight = I.run(small(folder, tmp_path / "straight", epochs=2))
-    stopped = I.run(small(folder, tmp_path / "resumed", epochs=2, stop_after=1))
-    assert stopped == {"stopped_at_epoch": 1}
-    resumed = I.run(small(folder, tmp_path / "resumed", epochs=2))
-    assert resumed["weights_sha256"] == straight["weights_sha256"]
-
-    # evaluation-only mode on the saved checkpoint
-    ev = I.run(one, evaluate_only=str(one.run_dir() / "model.pt"))
-    assert ev["images"] == 8 and ev["top1"] == pytest.approx(single["top1"])
+            assert torch.allclose(a[k], b[k], rtol=rtol, atol=1e-12), (k, (a[k] - b[k]).abs()
+                                                                       .max())
 
 
-def test_tables_pick_up_result_rows(tmp_path):
-    d = tmp_path / "imagenet" / "preresnet18-uniq2b-x"
-    d.mkdir(parents=True)
-    (d / "result.json").write_text(json.dumps(
-        {"model": "resnet18", "method": "UniQ", "bits": 2, "top1": 66.9, "epochs": 90}))
-    t2, t3 = I.tables(tmp_path)
-    hit = t2[(t2.model == "resnet18") & (t2.method == "UniQ") & (t2.bits == 2)]
-    assert hit.top1.iloc[0] == 66.9 and hit["diff"].iloc[0] == pytest.approx(66.9 - 67.8)
-    assert t2.top1.notna().sum() == 1 and t3.top1.isna().all()
-    assert len(t3) == 16
+@pytest.fixture(scope="module")
+def one_step_folder(tmp_path_factory):
+    # 8 training images = one global batch: the run is exactly one optimizer step
+    return make_image_folder(tmp_path_factory.mktemp("one"), classes=4, train=2, val=2)
 
 
-def test_one_bit_starts_from_a_two_bit_checkpoint(folder, tmp_path):
-    two = I.run(small(folder, tmp_path, sync_bn=False, lr=None))  # the default 2-bit recipe
-    cfg = small(folder, tmp_path, bits=1, init_from=str(tmp_path / two["run"]), sync_bn=False,
-                lr=None)
-    assert cfg.recipe == "adam-warmup5" and cfg.weight_decay == 0.0
-    model = I.build(cfg, 4)
-    start = torch.load(tmp_path / two["run"] / "model.pt", weights_only=True)
-    name = "features.stage2.unit1.body.conv1.conv.weight"
-    assert torch.equal(model.state_dict()[name], start[name])
-    # without --init-from, 1 bit finds the finished 2-bit run of the same settings ...
-    auto = small(folder, tmp_path, bits=1, sync_bn=False, lr=None)
-    assert auto.start_from() == str(tmp_path / two["run"])
-    # ... and says what to do when there is none
-    with pytest.raises(FileNotFoundError, match="train it first"):
-        small(folder, tmp_path / "empty", bits=1, sync_bn=False).start_from()
+def test_two_process_torchrun_takes_the_same_step_as_one_process(one_step_folder, tmp_path):
+    """In float64 (CPU-independent), after one step of the same global batch at 8 bits, two
+    processes (all-reduced gradients, synchronised BatchNorm) hold the weights one process
+    holds, on every rank."""
+    cfg = small(one_step_folder, tmp_path / "two", bits=8, precision="fp64")
+    out = _torchrun(["imagenet", *cli_args(**{k: v for k, v in cfg.to_dict().items()
+                                              if k != "init_from"})], 29517)
+    assert out.returncode == 0, out.stderr[-3000:]
+    two = E.Run.load(cfg.run_dir())
+    assert two.result["world_size"] == 2 and two.result["ranks_identical"] is True
+    assert two.result["steps"] == 1
+    one = E.fit(small(one_step_folder, tmp_path / "one", bits=8, precision="fp64"), quiet=True)
+    assert one.dir.name == two.dir.name and one.result["world_size"] == 1
+    _assert_same_weights(two.dir, one.dir)
+
+
+def test_two_process_cifar_matches_one_process(tmp_path):
+    """``torchrun -m uniq train`` on generated data: the FP parent and the 8-bit run, one step
+    each, float64, against one process."""
+    from conftest import TINY
+
+    kw = {**TINY, "synthetic_train": 64, "bits": 8, "epochs": 1, "precision": "fp64",
+          "sync_bn": True}
+    out = _torchrun(["train", *cli_args(**kw, runs_dir=tmp_path / "two")], 29518)
+    assert out.returncode == 0, out.stderr[-3000:]
+    from uniq.cifar import CifarConfig
+
+    two = E.Run.load(CifarConfig(**kw, runs_dir=str(tmp_path / "two")).run_dir())
+    assert two.result["world_size"] == 2 and two.result["ranks_identical"]
+    one = E.fit(CifarConfig(**kw, runs_dir=str(tmp_path / "one")), quiet=True)
+    for a, b in zip(sorted((tmp_path / "two" / "cifar").iterdir()),
+                    sorted((tmp_path / "one" / "cifar").iterdir()), strict=True):
+        assert a.name == b.name
+        _assert_same_weights(a, b)
+
+
+def test_stop_after_and_resume_end_where_a_straight_run_ends(folder, tmp_path):
+    straight = E.fit(small(folder, tmp_path / "straight", epochs=2), quiet=True)
+    assert E.fit(small(folder, tmp_path / "resumed", epochs=2, stop_after=1), quiet=True) is None
+    resumed = E.fit(small(folder, tmp_path / "resumed", epochs=2), quiet=True)
+    assert resumed.result["weights_sha256"] == straight.result["weights_sha256"]
+    ev = E.evaluate_weights(small(folder, tmp_path / "resumed", epochs=2),
+                            resumed.dir / "model.pt")
+    assert ev["images"] == 8 and ev["top1"] == pytest.approx(resumed.top1)
+
+
+def test_evaluating_another_architectures_weights_is_a_clear_error(folder, tmp_path):
+    torch.save(imagenet_model("preresnet34").state_dict(), tmp_path / "w34.pt")
+    with pytest.raises(ValueError, match="do not fit this model"):
+        E.evaluate_weights(small(folder, tmp_path, bits=32), tmp_path / "w34.pt")

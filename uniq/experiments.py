@@ -390,12 +390,32 @@ def per_seed(ctx: Context, table: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+SEED_COLUMNS = ("experiment", "seed", "top1_final", "top1_best", "paper_top1", "dataset",
+                "precision", "run")
+
+
 def summarize(seeds: pd.DataFrame, reported: str, profile: str) -> pd.DataFrame:
     """Per cell: mean, sd and n over seeds of both accuracies, the paper's value, and the
     difference (of ``reported``) with its 95% confidence interval over seeds."""
     from .claims import per_cell_summary
 
-    return per_cell_summary(seeds, reported=reported).assign(profile=profile)
+    by = ["experiment"] + [c for c in seeds.columns if c not in SEED_COLUMNS]
+    other = "top1_best" if reported == "top1_final" else "top1_final"
+    main = per_cell_summary(seeds, by=by, value=reported)
+    alt = per_cell_summary(seeds, by=by, value=other)
+    out = main.drop(columns=["mean", "sd", "paper", "diff", "diff_low", "diff_high"])
+    out["top1"] = main["mean"].round(2)
+    out[reported], out[f"{reported}_sd"] = main["mean"].round(2), main["sd"].round(2)
+    out[other], out[f"{other}_sd"] = alt["mean"].round(2), alt["sd"].round(2)
+    out["paper_top1"] = main["paper"]
+    out["diff"] = main["diff"].round(2)
+    out["diff_ci_low"], out["diff_ci_high"] = main["diff_low"].round(2), main["diff_high"].round(2)
+    out["diff_uses"] = reported
+    first = seeds.groupby(by, sort=False, dropna=False)
+    out["dataset"] = first.dataset.first().to_numpy()
+    out["runs"] = first.run.agg(" ".join).to_numpy()
+    out["profile"] = profile
+    return out
 
 
 def cifar_table(ctx: Context, table: int) -> pd.DataFrame:
@@ -526,7 +546,30 @@ def claims_table(ctx: Context, train: bool = False) -> pd.DataFrame:
     from .claims import evaluate_claims
 
     values, missing = measurements(ctx, train)
-    return evaluate_claims(values, missing=missing, profile_comparable=ctx.profile.comparable)
+    for key in ("t2/resnet18/uniq/4b", "t2/resnet18/uniq/3b", "t2/resnet18/uniq/2b",
+                "t2/resnet18/lsq/4b", "t2/resnet18/lsq/3b", "t2/resnet18/lsq/2b"):
+        missing.setdefault(key, ["python -m uniq imagenet --arch preresnet18 --bits "
+                                 f"{key[-2]} --method {key.split('/')[2]} --data-dir <imagenet>"])
+    imagenet = imagenet_measurements(ctx)
+    for key in set(imagenet.experiment):
+        missing.pop(key, None)
+    values = pd.concat([values, imagenet], ignore_index=True)
+    return evaluate_claims(values, missing=missing, profile=ctx.profile.name)
+
+
+def imagenet_measurements(ctx: Context) -> pd.DataFrame:
+    """Finished ImageNet ResNet-18 runs as claim measurements (``t2/resnet18/<method>/<b>b``)."""
+    from .paper import imagenet_results
+
+    done = imagenet_results(ctx.runs_dir)
+    rows = []
+    for seed, (_, r) in enumerate(done[done.model == "resnet18"].iterrows()):
+        if r.method in ("UniQ", "LSQ"):
+            key = f"t2/resnet18/{r.method.lower()}/{r.bits}b"
+            for metric in ("top1_final", "top1_best"):
+                rows.append({"experiment": key, "seed": seed, "metric": metric,
+                             "value": r[metric], "run": r.run})
+    return pd.DataFrame(rows, columns=["experiment", "seed", "metric", "value", "run"])
 
 
 # --- writing results ------------------------------------------------------------------------

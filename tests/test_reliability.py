@@ -1,0 +1,203 @@
+"""Faults and bad input with real processes: two jobs on one run, stale locks, --fresh and shared
+parents, divergence on the command line, corrupt and hand-edited run files."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY, cli_args, env, tiny, uniq_cli
+
+import uniq.engine as E
+from uniq.rundir import CorruptFile, RunBusy, RunLock
+
+RUN = {**TINY, "bits": 2, "epochs": 2}
+
+
+def _cmd(runs, **kw):
+    return [sys.executable, "-m", "uniq", "train", *cli_args(**{**RUN, "runs_dir": runs, **kw})]
+
+
+def test_two_processes_on_one_run_train_it_once(tmp_path):
+    procs = [subprocess.Popen(_cmd(tmp_path), env=env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (out, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err
+    results = [json.loads(out[out.rindex("{\n"):]) for out, _ in outs]
+    assert results[0] == results[1]
+    logs = "".join(out for out, _ in outs)
+    # each of the two runs (the FP parent and the 2-bit run) was prepared exactly once
+    for run in {Path(results[0]["run_dir"]).name, "resnet8-fp"}:
+        assert sum(run in line and "preparing" in line for line in logs.splitlines()) == 1, logs
+    run_dir = Path(results[0]["run_dir"])
+    metrics = (run_dir / "metrics.csv").read_text().splitlines()
+    assert metrics[0].startswith("epoch") and len(metrics) == 3  # header + 2 epochs, once each
+    assert not list(run_dir.glob(".*.tmp"))
+    assert json.loads((run_dir / ".lock").read_text() or "{}") == {}  # released
+
+
+def test_a_stale_lock_of_a_dead_process_is_recovered(tmp_path, capsys):
+    cfg = tiny(tmp_path, epochs=1)
+    run_dir = cfg.run_dir()
+    run_dir.mkdir(parents=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (run_dir / ".lock").write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid,
+                                               "since": "2026-01-01T00:00:00"}))
+    run = E.fit(cfg)
+    assert run.finished
+    assert f"recovered a stale lock left by pid {dead.pid}" in capsys.readouterr().out
+
+
+def test_a_busy_run_waits_by_default_or_stops_with_no_wait(tmp_path):
+    cfg = tiny(tmp_path, epochs=1)
+    with RunLock(cfg.run_dir(), say=lambda *a, **k: None):
+        with pytest.raises(RunBusy, match=f"pid {os.getpid()}"):
+            E.fit(tiny(tmp_path, epochs=1, wait=False), quiet=True)
+        out = uniq_cli("train", *cli_args(**{**TINY, "epochs": 1, "runs_dir": tmp_path / "runs",
+                                              "wait": False}))
+        assert out.returncode == 4 and "being trained by" in out.stderr
+        assert "Traceback" not in out.stderr
+
+
+def test_fresh_retrains_the_run_asked_for_and_keeps_its_shared_parent(tmp_path):
+    cfg = tiny(tmp_path, bits=2, epochs=1)
+    q = E.fit(cfg, quiet=True)
+    parent_dir = E.Run.load(q.dir).config.resolved()
+    parent = E.Run.load(next(p for p in (tmp_path / "runs" / "cifar").iterdir()
+                             if p.name.startswith("resnet8-fp")))
+    stamp = (parent.dir / "result.json").stat().st_mtime_ns
+    again = E.fit(cfg, resume="never", quiet=True)
+    assert again.dir == q.dir and parent_dir.init_from is not None
+    assert (parent.dir / "result.json").stat().st_mtime_ns == stamp
+
+
+def test_divergence_on_the_cli_is_a_message_with_the_way_on(tmp_path):
+    out = uniq_cli("train", *cli_args(**{**RUN, "runs_dir": tmp_path, "lr": 1e8,
+                                         "epochs": 3}))
+    assert out.returncode == 3, out.stderr
+    assert "training diverged in epoch" in out.stderr and "Traceback" not in out.stderr
+    assert "step must be positive" not in out.stderr.split("diverged")[0]
+
+
+def test_a_diverged_run_continues_from_its_last_good_checkpoint(tmp_path, monkeypatch):
+    cfg = tiny(tmp_path, bits=2, epochs=3)
+    real_step = E.train_step
+    calls = {"n": 0}
+
+    def poisoned(*args):
+        calls["n"] += 1
+        loss, correct = real_step(*args)
+        return (loss * float("inf") if calls["n"] > 10 else loss), correct
+
+    monkeypatch.setattr(E, "train_step", poisoned)
+    with pytest.raises(E.TrainingDiverged, match="--init-from-run") as err:
+        E.fit(cfg, quiet=True)
+    monkeypatch.setattr(E, "train_step", real_step)
+    hint = str(err.value)
+    run_dir = hint.split("--init-from-run ")[1].split()[0]
+    lr = float(hint.split("--lr ")[1].split()[0].rstrip("(."))
+    assert Path(run_dir) == cfg.run_dir() and lr < 0.01
+    after = E.fit(tiny(tmp_path, bits=2, epochs=2, init_from_run=run_dir, lr=lr), quiet=True)
+    assert after.finished and after.dir != cfg.run_dir()
+    saved = json.loads((after.dir / "config.json").read_text())["config"]
+    assert saved["init_from_run"] == run_dir and saved["init_from"] is None
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("done")
+    return E.fit(tiny(tmp, epochs=1), quiet=True)
+
+
+@pytest.mark.parametrize("damage,match", [
+    (lambda d: (d / "config.json").write_text("{not json"), "config.json is not valid JSON"),
+    (lambda d: (d / "config.json").write_text(
+        (d / "config.json").read_text().replace('"epochs": 1', '"epochs": 7')),
+     "config.json was changed after the run was made"),
+    (lambda d: (d / "model.pt").write_bytes((d / "model.pt").read_bytes()[:100]),
+     "model.pt cannot be loaded"),
+])
+def test_corrupt_run_files_give_the_file_and_the_remedy(finished, tmp_path, damage, match):
+    import shutil
+
+    copy = tmp_path / finished.dir.name
+    shutil.copytree(finished.dir, copy)
+    damage(copy)
+    with pytest.raises(CorruptFile, match=match):
+        E.Run.load(copy).state_dict()
+
+
+def test_a_truncated_checkpoint_names_the_file_and_fresh(tmp_path):
+    cfg = tiny(tmp_path, epochs=2, stop_after=1)
+    assert E.fit(cfg, quiet=True) is None
+    ckpt = cfg.run_dir() / "checkpoint.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:200])
+    out = uniq_cli("train", *cli_args(**{**TINY, "epochs": 2, "runs_dir": tmp_path / "runs"}))
+    assert out.returncode == 2 and str(ckpt) in out.stderr and "--fresh" in out.stderr
+    ok = uniq_cli("train", *cli_args(**{**TINY, "epochs": 2, "runs_dir": tmp_path / "runs"}),
+                  "--fresh")
+    assert ok.returncode == 0, ok.stderr
+    assert torch.load(ckpt, weights_only=True)["epoch"] == 2
+
+
+@pytest.mark.parametrize("args,match", [
+    (["train", "--lr", "nan"], "not a finite number"),
+    (["train", "--weight-decay", "abc"], "not a number"),
+    (["train", "--epochs", "2.5"], "invalid int value"),
+    (["train", "--bits", "9"], "bits must be from"),
+    (["train", "--precision", "fp16"], "invalid choice"),
+    (["train", "--depth", "30"], "depth must be 6n+2"),
+    (["train", "--resume", "--fresh"], "contradict"),
+    (["train", "--evaluate", "/nonexistent/model.pt", "--dataset", "synthetic"], "no file at"),
+    (["train", "--init-from-run", "/nonexistent/run"], "no run directory"),
+    (["imagenet", "--data-dir", "/nonexistent", "--pretrained", "none"], "train/ folder"),
+    (["imagenet", "--arch", "resnet50"], "invalid choice"),
+    (["imagenet", "--batch-size", "x"], "invalid int value"),
+    (["reproduce", "--only", "abc"], "comma-separated integers"),
+    (["reproduce", "--only", "42"], "do not exist"),
+    (["reproduce", "-p", "NOPE=1", "--only", "1"], "unknown parameter"),
+    (["runs", "--seeds", "two"], "seeds must be"),
+    (["table1", "--max-bits", "12"], "max-bits"),
+])
+def test_cli_bad_input_is_one_clear_line(tmp_path, args, match):
+    out = uniq_cli(*args, "--runs-dir" if args[0] in ("train", "imagenet", "runs") else "",
+                   tmp_path if args[0] in ("train", "imagenet", "runs") else "",
+                   timeout=300)
+    out_text = out.stderr
+    assert out.returncode == 2, (args, out.stdout, out_text)
+    assert match in out_text and "Traceback" not in out_text, out_text
+
+
+def test_imagenet_config_type_errors_are_clear():
+    from uniq.imagenet import ImageNetConfig
+
+    with pytest.raises(ValueError, match="epochs must be an integer"):
+        ImageNetConfig(epochs=2.5).resolved()
+    with pytest.raises(ValueError, match="batch_size must be an integer"):
+        ImageNetConfig(batch_size="256").resolved()
+    with pytest.raises(ValueError, match="arch must be one of"):
+        ImageNetConfig(arch="vgg").resolved()
+
+
+def test_lock_waiter_returns_the_finished_run(tmp_path):
+    """A second process that finds the run in progress waits, then returns it untouched."""
+    cfg = tiny(tmp_path, epochs=1)
+    first = subprocess.Popen(_cmd(tmp_path / "runs", bits=32, epochs=1), env=env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lock = cfg.run_dir() / ".lock"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (lock.exists() and lock.read_text()):
+        time.sleep(0.05)
+    second = uniq_cli("train", *cli_args(**{**TINY, "epochs": 1,
+                                            "runs_dir": tmp_path / "runs"}))
+    first.communicate(timeout=600)
+    assert first.returncode == 0 and second.returncode == 0, second.stderr
+    assert "waiting for it to finish" in second.stdout or "finished before" in second.stdout
+    assert "preparing" not in second.stdout
