@@ -323,3 +323,14 @@ def test_signed_inputs_is_validated_and_survives_a_state_dict(tmp_path):
     fresh.load_state_dict(torch.load(tmp_path / "q.pt", weights_only=True))
     assert uniq.conversion_report(fresh).attrs["signed_inputs"] == "unsigned"
     assert not fresh[3].act_quantizer.signed
+
+
+def test_first_last_weight_granularity_follows_the_authors_option(preresnet18):
+    r = uniq.conversion_report(uniq.quantize_model(
+        preresnet18, 4, first_last_weight_granularity="tensor")).set_index("role")
+    assert (r.loc[["first", "last"]].granularity == "tensor").all()
+    assert (r.loc[["body", "downsample"]].granularity == "channel").all()
+    default = uniq.conversion_report(uniq.quantize_model(preresnet18, 4))
+    assert (default.granularity == "channel").all()
+    with pytest.raises(ValueError, match="first_last_weight_granularity must be one of"):
+        uniq.quantize_model(preresnet18, 4, first_last_weight_granularity="kernel")

@@ -134,6 +134,7 @@ def quantize_model(
     example_input: torch.Tensor | None = None,
     inplace: bool = False,
     signed_inputs: str = "detect",
+    first_last_weight_granularity: str | None = None,
 ) -> nn.Module:
     """Replace every Conv2d/Linear by a quantized layer under the paper's policy.
 
@@ -154,6 +155,10 @@ def quantize_model(
 
     The conversion report's ``signed_input`` column shows which inputs are quantized
     symmetrically, its ``signed_inputs_mode`` column (and ``.attrs["signed_inputs"]``) the rule.
+
+    ``first_last_weight_granularity``: None (default) gives the first and last layers the same
+    weight granularity as the others (the paper: kernel-wise weights on ImageNet); "tensor" is
+    the authors' code, whose 8-bit first and last layers always have one weight step.
     """
     if signed_inputs not in SIGNED_INPUTS:
         raise ValueError(
@@ -167,7 +172,10 @@ def quantize_model(
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if method == "lsq" and bits == 1:
         raise ValueError("LSQ has no 1-bit weight quantizer (Qp = 0); use method='uniq' for 1 bit")
-    for g, what in ((weight_granularity, "weight"), (act_granularity, "act")):
+    if first_last_weight_granularity is None:
+        first_last_weight_granularity = weight_granularity
+    for g, what in ((weight_granularity, "weight"), (act_granularity, "act"),
+                    (first_last_weight_granularity, "first_last_weight")):
         if g not in GRANULARITIES:
             raise ValueError(f"{what}_granularity must be one of {GRANULARITIES}, got {g!r}")
     if any(isinstance(m, Quantizer) for m in model.modules()):
@@ -181,7 +189,9 @@ def quantize_model(
         layer = modules[name]
         wq = aq = None
         if layer_bits is not None:
-            channels = layer.weight.shape[0] if weight_granularity == "channel" else None
+            granularity = (first_last_weight_granularity if role in ("first", "last")
+                           else weight_granularity)
+            channels = layer.weight.shape[0] if granularity == "channel" else None
             wq = Quantizer(layer_bits, signed=True, method=method, channels=channels,
                            ndim=layer.weight.dim(), init=init, grad_scale=grad_scale)
             wq.init_from(layer.weight, where=f"layer {name!r} (weights)")
