@@ -1,5 +1,8 @@
 """Model conversion policy, the report, calibration side effects and bad inputs."""
 
+import copy
+import warnings
+
 import pytest
 import torch
 from pytorchcv.model_provider import get_model
@@ -209,3 +212,125 @@ def test_layers_the_forward_pass_never_reaches_are_body_layers():
     r = uniq.conversion_report(uniq.quantize_model(WithAuxHead(), 2)).set_index("layer")
     assert r.loc["net.12"].role == "last" and r.loc["net.12"].weight_bits == 8
     assert r.loc["aux"].role == "body" and r.loc["aux"].weight_bits == 2
+
+
+# --- signed_inputs: "detect" (default) vs "unsigned" (the authors' all-unsigned activations) ---
+
+
+@pytest.fixture(scope="module")
+def mobilenetv2_small():
+    """pytorchcv's mobilenetv2_w1 with a global average pool, so 64x64 inputs work."""
+    from uniq.models import imagenet_model
+
+    torch.manual_seed(0)
+    model = imagenet_model("mobilenetv2_w1", False)
+    model.features.final_pool = nn.AdaptiveAvgPool2d(1)
+    return model
+
+
+def _input_capture(model):
+    """Forward pre-hooks that keep each quantized layer's raw input (before its quantizer)."""
+    seen, handles = {}, []
+    for name, m in model.named_modules():
+        if getattr(m, "act_quantizer", None) is not None:
+            def keep(_m, args, name=name):
+                seen[name] = args[0].detach().clone()
+            handles.append(m.register_forward_pre_hook(keep))
+    return seen, handles
+
+
+def test_mobilenetv2_signed_inputs_detect_vs_unsigned(mobilenetv2_small):
+    probe = torch.randn(2, 3, 64, 64)
+    detect = uniq.quantize_model(mobilenetv2_small, 4, weight_granularity="tensor",
+                                 example_input=probe)
+    unsigned = uniq.quantize_model(mobilenetv2_small, 4, weight_granularity="tensor",
+                                   example_input=probe, signed_inputs="unsigned")
+    rd = uniq.conversion_report(detect).set_index("layer")
+    ru = uniq.conversion_report(unsigned).set_index("layer")
+    assert rd.attrs["signed_inputs"] == "detect" and ru.attrs["signed_inputs"] == "unsigned"
+    assert (rd.signed_inputs_mode == "detect").all() and (ru.signed_inputs_mode == "unsigned").all()
+    # detect: the 1x1 expansion convs that read a linear-bottleneck output (every unit but the
+    # first, whose input is the stem's ReLU6 output) and the final 1x1 block are signed
+    bottleneck_readers = {n for n in rd.index if n.endswith("conv1.conv") and "stage1" not in n}
+    bottleneck_readers.add("features.final_block.conv")
+    detected = set(rd.index[rd.signed_input == True])  # noqa: E712
+    assert detected == bottleneck_readers | {"features.init_block.conv"}
+    # unsigned: only the image into the first layer keeps the symmetric quantizer, as the
+    # authors' UniQInputConv2d does; everything else is Eq. 5
+    assert set(ru.index[ru.signed_input == True]) == {"features.init_block.conv"}  # noqa: E712
+
+    calib = [torch.randn(4, 3, 64, 64) for _ in range(2)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "unsigned" must never switch a quantizer to signed
+        uniq.calibrate(unsigned, calib, 2)
+    assert set(uniq.conversion_report(unsigned).query("signed_input == True").layer) == {
+        "features.init_block.conv"}
+
+    # Eq. 10 on the raw input, negatives included (the authors' statistic), max over batches:
+    # recompute it from the full-precision model in training mode (calibration's setting).
+    fp = copy.deepcopy(mobilenetv2_small).train()
+    raw = {n: [] for n in bottleneck_readers}
+    hooks = [fp.get_submodule(n).register_forward_pre_hook(
+        lambda _m, a, n=n: raw[n].append(a[0].detach())) for n in bottleneck_readers]
+    with torch.no_grad():
+        for batch in calib:
+            fp(batch)
+    for h in hooks:
+        h.remove()
+    modules = dict(unsigned.named_modules())
+    for name in bottleneck_readers:
+        expected = max(optimal_step(4, "activation") * torch.sqrt(2 * x.pow(2).mean()).item()
+                       for x in raw[name])
+        assert modules[name].act_quantizer.step.item() == pytest.approx(expected, rel=1e-5)
+
+    # Oracle for the forward pass: each such layer's quantized input is Eq. 5 applied to its
+    # input clipped at zero, relu(x), with its own step.
+    unsigned.eval()
+    seen, handles = _input_capture(unsigned)
+    with torch.no_grad():
+        unsigned(torch.randn(2, 3, 64, 64))
+    for h in handles:
+        h.remove()
+    for name in bottleneck_readers:
+        x = seen[name].double()
+        assert (x < 0).any()  # these inputs really are signed
+        q = modules[name].act_quantizer
+        d = q.step.detach().double()
+        eq5 = torch.clamp(torch.relu(x) / d, 0, 15).round() * d
+        assert torch.allclose(q(x.float()).double(), eq5, atol=1e-5 * d.item())
+    # the symmetric quantizer in "detect" keeps the negative half that "unsigned" drops
+    name = "features.stage2.unit2.conv1.conv"
+    qd = dict(detect.named_modules())[name].act_quantizer
+    qd.set_step(torch.tensor(0.1))
+    assert (qd(seen[name]) < 0).any() and (modules[name].act_quantizer(seen[name]) >= 0).all()
+
+
+def test_signed_inputs_is_validated_and_survives_a_state_dict(tmp_path):
+    with pytest.raises(ValueError, match="signed_inputs must be one of.*'detect'.*'unsigned'"):
+        uniq.quantize_model(small_cnn(), 2, signed_inputs="signed")
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.Conv2d(4, 4, 1), nn.Conv2d(4, 2, 1))
+    q = uniq.quantize_model(model, 2, example_input=torch.rand(1, 3, 4, 4),
+                            signed_inputs="unsigned")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        uniq.calibrate(q, [torch.randn(2, 3, 4, 4)], 1)
+    # the first layer's input is symmetric; the third conv reads a signed (linear) output and
+    # stays unsigned: its quantized input has no negative level
+    assert q[0].act_quantizer.signed and not q[3].act_quantizer.signed
+    assert (q[3].act_quantizer(torch.randn(50, 4, 2, 2)) >= 0).all()
+    torch.save(q.state_dict(), tmp_path / "q.pt")
+    fresh = uniq.quantize_model(model, 2, example_input=torch.rand(1, 3, 4, 4))
+    fresh.load_state_dict(torch.load(tmp_path / "q.pt", weights_only=True))
+    assert uniq.conversion_report(fresh).attrs["signed_inputs"] == "unsigned"
+    assert not fresh[3].act_quantizer.signed
+
+
+def test_first_last_weight_granularity_follows_the_authors_option(preresnet18):
+    r = uniq.conversion_report(uniq.quantize_model(
+        preresnet18, 4, first_last_weight_granularity="tensor")).set_index("role")
+    assert (r.loc[["first", "last"]].granularity == "tensor").all()
+    assert (r.loc[["body", "downsample"]].granularity == "channel").all()
+    default = uniq.conversion_report(uniq.quantize_model(preresnet18, 4))
+    assert (default.granularity == "channel").all()
+    with pytest.raises(ValueError, match="first_last_weight_granularity must be one of"):
+        uniq.quantize_model(preresnet18, 4, first_last_weight_granularity="kernel")

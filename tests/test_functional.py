@@ -9,7 +9,8 @@ torch.manual_seed(0)
 
 
 def eq3_reference(x, d, bits):
-    """Eq. 3 written directly, plus the NOTES.md gradients, with plain Python floats."""
+    """Eq. 3 written directly, plus its straight-through gradients (d/dD of the clipped levels
+    outside the range, not Eq. 6's sign(x) a), with plain Python floats."""
     n = 2**bits
     a = d * (n - 1) / 2
     u = (x + a) / d
@@ -43,7 +44,7 @@ def grads(fn, x, step, *args):
 
 
 @pytest.mark.parametrize("bits", [1, 2, 3, 4, 8])
-def test_symmetric_matches_eq3_and_notes_gradients(bits):
+def test_symmetric_matches_eq3_and_its_ste_gradients(bits):
     x = torch.randn(300, dtype=torch.float64) * 2
     d = 0.37
     out, gx, _ = grads(symmetric_quantize, x, torch.tensor(d, dtype=torch.float64), bits)
@@ -58,7 +59,7 @@ def test_symmetric_matches_eq3_and_notes_gradients(bits):
 
 
 @pytest.mark.parametrize("bits", [1, 2, 4, 8])
-def test_unsigned_matches_eq5_and_notes_gradients(bits):
+def test_unsigned_matches_eq5_and_its_ste_gradients(bits):
     x = torch.randn(200, dtype=torch.float64) * 3
     d = 0.29
     out, gx, _ = grads(unsigned_quantize, x, torch.tensor(d, dtype=torch.float64), bits)

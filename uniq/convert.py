@@ -16,6 +16,10 @@ from .modules import GRANULARITIES, METHODS, QConv2d, QLinear, Quantizer, quanti
 from .state import preserved_state
 
 FULL_PRECISION = 32
+SIGNED_INPUTS = ("detect", "unsigned")
+"""How activation quantizers treat inputs that can be negative (``quantize_model``'s
+``signed_inputs``): "detect" gives them the symmetric quantizer, "unsigned" clips them at zero
+as the authors' code does."""
 
 
 def _layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -129,23 +133,49 @@ def quantize_model(
     overrides: Mapping[str, int | None] | None = None,
     example_input: torch.Tensor | None = None,
     inplace: bool = False,
+    signed_inputs: str = "detect",
+    first_last_weight_granularity: str | None = None,
 ) -> nn.Module:
     """Replace every Conv2d/Linear by a quantized layer under the paper's policy.
 
     Weights and input activations of a layer share its bit width. Weight steps are initialised
     from the weights at once (Eq. 9); activation steps need data: call ``uniq.calibrate`` next.
-    Inputs found to be signed by a probe forward pass (the normalised image into the first layer,
-    MobileNetV2's linear-bottleneck outputs) get the symmetric quantizer instead of the unsigned
-    one, and the conversion report says so. Returns the converted model (a copy unless
-    ``inplace``).
+    Returns the converted model (a copy unless ``inplace``).
+
+    ``signed_inputs`` says what happens to inputs that can be negative:
+
+    * ``"detect"`` (default): inputs found to be signed by a probe forward pass (the normalised
+      image into the first layer, MobileNetV2's linear-bottleneck outputs) get the symmetric
+      quantizer (Eq. 3) instead of the unsigned one (Eq. 5); an input judged unsigned that
+      turns out negative during calibration is switched to the symmetric one, with a warning.
+    * ``"unsigned"``: the authors' code. The first layer's input (the image) gets the symmetric
+      quantizer (their ``UniQInputConv2d``); every other input gets Eq. 5, so negative values
+      are clipped at zero, whatever the probe or calibration sees, and its step comes from
+      Eq. 10 on the raw input, negatives included.
+
+    The conversion report's ``signed_input`` column shows which inputs are quantized
+    symmetrically, its ``signed_inputs_mode`` column (and ``.attrs["signed_inputs"]``) the rule.
+
+    ``first_last_weight_granularity``: None (default) gives the first and last layers the same
+    weight granularity as the others (the paper: kernel-wise weights on ImageNet); "tensor" is
+    the authors' code, whose 8-bit first and last layers always have one weight step.
     """
+    if signed_inputs not in SIGNED_INPUTS:
+        raise ValueError(
+            f"signed_inputs must be one of {SIGNED_INPUTS}, got {signed_inputs!r}: 'detect' "
+            "quantizes inputs that can be negative symmetrically, 'unsigned' clips them at zero "
+            "as the authors' code does"
+        )
     bits = check_bits(bits)
     check_bits(first_last_bits)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if method == "lsq" and bits == 1:
         raise ValueError("LSQ has no 1-bit weight quantizer (Qp = 0); use method='uniq' for 1 bit")
-    for g, what in ((weight_granularity, "weight"), (act_granularity, "act")):
+    if first_last_weight_granularity is None:
+        first_last_weight_granularity = weight_granularity
+    for g, what in ((weight_granularity, "weight"), (act_granularity, "act"),
+                    (first_last_weight_granularity, "first_last_weight")):
         if g not in GRANULARITIES:
             raise ValueError(f"{what}_granularity must be one of {GRANULARITIES}, got {g!r}")
     if any(isinstance(m, Quantizer) for m in model.modules()):
@@ -159,12 +189,19 @@ def quantize_model(
         layer = modules[name]
         wq = aq = None
         if layer_bits is not None:
-            channels = layer.weight.shape[0] if weight_granularity == "channel" else None
+            granularity = (first_last_weight_granularity if role in ("first", "last")
+                           else weight_granularity)
+            channels = layer.weight.shape[0] if granularity == "channel" else None
             wq = Quantizer(layer_bits, signed=True, method=method, channels=channels,
                            ndim=layer.weight.dim(), init=init, grad_scale=grad_scale)
             wq.init_from(layer.weight, where=f"layer {name!r} (weights)")
-            aq = Quantizer(layer_bits, signed=signed.get(name, False), method=method,
-                           channels=None, init=init, grad_scale=grad_scale)
+            if signed_inputs == "detect":
+                act_signed = signed.get(name, False)
+            else:
+                act_signed = role == "first"
+            aq = Quantizer(layer_bits, signed=act_signed, method=method, channels=None,
+                           init=init, grad_scale=grad_scale,
+                           detect_sign=signed_inputs == "detect")
             if act_granularity == "channel":
                 warnings.warn("kernel-wise activation steps are not supported; using layer-wise",
                               stacklevel=2)
@@ -175,7 +212,11 @@ def quantize_model(
 
 
 def conversion_report(model: nn.Module) -> pd.DataFrame:
-    """One row per conv/linear layer: its name, kind, bits, granularity and input signedness."""
+    """One row per conv/linear layer: its name, kind, bits, granularity, input signedness
+    (``signed_input``: quantized symmetrically) and the rule that decided it
+    (``signed_inputs_mode``: "detect" or "unsigned", see ``quantize_model``). ``.attrs
+    ["signed_inputs"]`` holds the model's rule ("mixed" if layers differ, None if no layer
+    quantizes its input)."""
     rows = []
     for name, m in _layers(model):
         wq = getattr(m, "weight_quantizer", None)
@@ -190,9 +231,14 @@ def conversion_report(model: nn.Module) -> pd.DataFrame:
             "act_bits": aq.bits if aq else FULL_PRECISION,
             "granularity": wq.granularity if wq else "-",
             "signed_input": bool(aq.signed) if aq else None,
+            "signed_inputs_mode": (SIGNED_INPUTS[0] if aq.detect_sign else SIGNED_INPUTS[1])
+            if aq else None,
             "method": (wq or aq).method if (wq or aq) else "fp",
         })
-    return pd.DataFrame(rows)
+    report = pd.DataFrame(rows)
+    modes = set(report.signed_inputs_mode.dropna())
+    report.attrs["signed_inputs"] = (modes.pop() if len(modes) == 1 else "mixed") if modes else None
+    return report
 
 
 def _first_tensor(batch: object) -> torch.Tensor:
@@ -256,4 +302,4 @@ def calibrate(model: nn.Module, batches: Iterable, num_batches: int = 100) -> nn
 
 
 __all__ = ["quantize_model", "conversion_report", "calibrate", "layer_policy", "probe_layers",
-           "QConv2d", "QLinear"]
+           "QConv2d", "QLinear", "SIGNED_INPUTS"]

@@ -8,10 +8,12 @@ the straight-through estimator (STE) for ``round`` and the exact derivative of `
 * d out / d x    = 1 inside the clip range, 0 outside.
 * d out / d step = ``round(u) - u`` inside (``u`` the scaled input); outside the range it is the
   derivative of the clipped level itself: ``+-(N-1)/2`` for Eq. 3, ``N-1`` / ``0`` for Eq. 5,
-  ``Qp`` / ``-Qn`` for LSQ. (The paper's Eq. 6 writes ``sign(x) * alpha`` outside the range;
-  ``alpha / step = (N-1)/2`` is the actual derivative, see NOTES.md.)
+  ``Qp`` / ``-Qn`` for LSQ. (The paper's Eq. 6 writes ``sign(x) * alpha`` outside the range,
+  but ``alpha = D (N-1)/2`` depends on ``D``, so ``d alpha / d D = (N-1)/2`` is the actual
+  derivative; ``docs/fidelity.md`` lists this with the other choices.)
 
-``grad_scale`` multiplies only the step's gradient (LSQ's ``1/sqrt(numel * Qp)`` trick).
+``grad_scale`` multiplies only the step's gradient (LSQ's ``1/sqrt(n * Qp)`` trick, with ``n``
+the number of elements one step value quantizes; ``uniq.modules.Quantizer`` computes it).
 
 The functions are written with the "detach trick" rather than a custom autograd.Function so that
 ``torch.compile(fullgraph=True)`` traces them without graph breaks, and so that autograd reduces
@@ -157,11 +159,15 @@ def lsq_quantize(
     return round_ste(torch.clamp(x / s, -qn, qp)) * s
 
 
-def step_grad_scale(numel: int, bits: int, signed: bool, method: str = "uniq") -> float:
-    """LSQ's step-gradient scale ``1 / sqrt(numel * Qp)``.
+def step_grad_scale(n: int, bits: int, signed: bool, method: str = "uniq") -> float:
+    """LSQ's step-gradient scale ``1 / sqrt(n * Qp)``.
 
-    ``Qp`` follows the authors' code: for signed inputs ``max(2**(bits-1) - 1, 1)`` (so the
-    binary case is defined), for unsigned ``2**bits - 1``.
+    ``n`` is the number of elements that one step value quantizes: the whole tensor for a
+    layer-wise step, ``numel / C_out`` (one output channel's kernel) for a kernel-wise weight
+    step, the batch for an activation step. ``Qp`` follows the authors' code, for both
+    methods: for signed inputs ``max(2**(bits-1) - 1, 1)`` (so the binary case is defined; it
+    is LSQ's ``Qp`` from 2 bits on), for unsigned ``2**bits - 1``. ``method`` is accepted for
+    call-site symmetry and does not change the rule.
     """
     qp = max(2 ** (bits - 1) - 1, 1) if signed else 2**bits - 1
-    return 1.0 / float(numel * qp) ** 0.5
+    return 1.0 / float(n * qp) ** 0.5

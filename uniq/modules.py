@@ -24,9 +24,15 @@ class Quantizer(nn.Module):
     * ``channels=None`` gives one step for the tensor (layer-wise); ``channels=C`` gives a step
       per output channel of shape ``(C, 1, ..., 1)`` with ``ndim`` dimensions (kernel-wise).
     * ``init``: "mse" (Eq. 9/10), "lsq" (2 E|X| / sqrt(Qp)) or a positive constant.
-    * ``grad_scale=True`` multiplies the step's gradient by ``1/sqrt(numel * Qp)`` as the authors'
-      code (and LSQ) do; numel is that of the whole quantized tensor. It is on by default for
+    * ``grad_scale=True`` multiplies the step's gradient by ``1/sqrt(n * Qp)`` as the authors'
+      code (and LSQ) do, where ``n`` is the number of elements that ONE step value quantizes:
+      the whole tensor for a layer-wise step, one output channel's kernel (``numel / C_out``)
+      for a kernel-wise weight step, and the whole batch for an activation step (times
+      ``batch_replicas``: the global batch under data parallelism). It is on by default for
       both methods, and every run records the setting.
+    * ``detect_sign=True`` lets calibration switch an unsigned quantizer that sees negative
+      inputs to the signed one (with a warning); ``False`` keeps it unsigned, so negative inputs
+      are clipped at zero by Eq. 5 as in the authors' code (``signed_inputs="unsigned"``).
 
     ``initialized`` is False until the step was set from data (``init_from``) or from a constant;
     a forward pass before that is an error, so an un-calibrated model cannot train by accident.
@@ -42,6 +48,7 @@ class Quantizer(nn.Module):
         ndim: int = 4,
         init: str | float = "mse",
         grad_scale: bool = True,
+        detect_sign: bool = True,
     ) -> None:
         super().__init__()
         if method not in METHODS:
@@ -51,12 +58,14 @@ class Quantizer(nn.Module):
         self.method = method
         self.init = check_init(init)
         self.grad_scale = bool(grad_scale)
+        self.detect_sign = bool(detect_sign)
         shape = () if channels is None else (channels,) + (1,) * (ndim - 1)
         self.step = nn.Parameter(torch.ones(shape))
         self.initialized = False
         self.observing = False
         # Under data parallelism an activation quantizer sees 1/world of the batch; counting
-        # the global batch keeps the step's gradient scale independent of the process count.
+        # the global batch keeps the step's gradient scale independent of the process count
+        # (the authors' DataParallel runs counted one GPU's share). Weights keep 1.
         self.batch_replicas = 1
         self.observed: torch.Tensor | None = None
         if isinstance(self.init, float):
@@ -72,12 +81,15 @@ class Quantizer(nn.Module):
 
     # Persist the Python-side state with the weights (plain types: loads with weights_only=True).
     def get_extra_state(self) -> dict[str, Any]:
-        return {"initialized": self.initialized, "signed": self.signed, "bits": self.bits}
+        return {"initialized": self.initialized, "signed": self.signed, "bits": self.bits,
+                "detect_sign": self.detect_sign}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.initialized = bool(state["initialized"])
         self.signed = bool(state["signed"])
         self.bits = int(state["bits"])
+        # Checkpoints written before the setting existed were all converted with detection on.
+        self.detect_sign = bool(state.get("detect_sign", True))
 
     def _reduce_dims(self, x: torch.Tensor) -> tuple[int, ...] | None:
         return None if self.granularity == "tensor" else tuple(range(1, x.dim()))
@@ -116,15 +128,24 @@ class Quantizer(nn.Module):
         """Record the per-batch statistic and keep the running maximum (used by calibrate).
 
         An input the conversion probe judged unsigned that turns out negative on real data is
-        switched to the signed quantizer (with a warning) rather than silently clipped at zero.
+        switched to the signed quantizer (with a warning) rather than silently clipped at zero,
+        unless ``detect_sign`` is off (the authors' all-unsigned activations): then it stays
+        unsigned and its step comes from Eq. 10 on the raw input, negatives included, as theirs.
         """
-        if not self.signed and bool((x < 0).any()):
+        if self.detect_sign and not self.signed and bool((x < 0).any()):
             warnings.warn(
                 f"an unsigned {self.method} quantizer got negative inputs during calibration; "
                 "switching it to the signed (symmetric) quantizer", stacklevel=2)
             self.signed, self.observed = True, None
         stat = self.statistic(x)
         self.observed = stat if self.observed is None else torch.maximum(self.observed, stat)
+
+    def elements_per_step(self, x: torch.Tensor) -> int:
+        """``n`` of the gradient scale ``1/sqrt(n * Qp)``: how many elements one step value
+        quantizes. Layer-wise: all of ``x``; kernel-wise: ``numel / C_out``, one output
+        channel's kernel (the authors' ``x.numel() / x.shape[0]``); times ``batch_replicas``,
+        so an activation step counts the global batch under data parallelism."""
+        return x.numel() // self.step.numel() * self.batch_replicas
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.observing:
@@ -137,7 +158,7 @@ class Quantizer(nn.Module):
             )
         g = 1.0
         if self.grad_scale:
-            g = QF.step_grad_scale(x.numel() * self.batch_replicas, self.bits, self.signed)
+            g = QF.step_grad_scale(self.elements_per_step(x), self.bits, self.signed)
         if self.method == "lsq":
             return QF.lsq_quantize(x, self.step, self.bits, self.signed, g)
         if self.signed:
