@@ -185,13 +185,13 @@ def test_torchvision_resnet_binary_policy():
 
 
 def test_bfloat16_autocast_training_step_on_cpu():
+    from uniq.engine import train_step
     from uniq.models import preact_resnet
-    from uniq.train import train_step
 
     torch.manual_seed(0)
     q = uniq.calibrate(uniq.quantize_model(preact_resnet(8), 2), [torch.randn(8, 3, 32, 32)], 1)
     opt = torch.optim.SGD(q.parameters(), lr=0.0)
-    loss, _ = train_step(q, opt, torch.randn(4, 3, 32, 32), torch.randint(100, (4,)), True)
+    loss, _ = train_step(q, opt, torch.randn(4, 3, 32, 32), torch.randint(100, (4,)), "bf16")
     assert torch.isfinite(loss) and loss.dtype == torch.float32
     for _, quantizer in uniq.quantizers(q):
         grad = quantizer.step.grad

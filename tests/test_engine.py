@@ -251,9 +251,10 @@ def test_config_hash_ignores_placement_but_not_what_is_computed(tmp_path):
     ({"device": "tpu"}, "device"),
     ({"init_from_run": "/nonexistent/run"}, "no run directory"),
 ])
-def test_bad_configs(tmp_path, kw, match):
+def test_bad_configs(tmp_path, kw, match, monkeypatch):
+    monkeypatch.setattr(E, "prepare", lambda *a, **k: pytest.fail("a bad config was trained"))
     with pytest.raises((ValueError, FileNotFoundError), match=match):
-        E.fit(tiny(tmp_path, **kw), quiet=True)
+        E.fit(tiny(tmp_path, **{"epochs": 1, **kw}), quiet=True)
 
 
 def test_missing_cifar_offline_is_a_clear_error(tmp_path):

@@ -180,7 +180,7 @@ def test_two_process_cifar_matches_one_process(tmp_path):
 
     two = E.Run.load(CifarConfig(**kw, runs_dir=str(tmp_path / "two")).run_dir())
     assert two.result["world_size"] == 2 and two.result["ranks_identical"]
-    one = E.fit(CifarConfig(**kw, runs_dir=str(tmp_path / "one")), quiet=True)
+    E.fit(CifarConfig(**kw, runs_dir=str(tmp_path / "one")), quiet=True)
     for a, b in zip(sorted((tmp_path / "two" / "cifar").iterdir()),
                     sorted((tmp_path / "one" / "cifar").iterdir()), strict=True):
         assert a.name == b.name

@@ -27,7 +27,7 @@ def test_two_processes_on_one_run_train_it_once(tmp_path):
     procs = [subprocess.Popen(_cmd(tmp_path), env=env(), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
-    for p, (out, err) in zip(procs, outs, strict=True):
+    for p, (_, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err
     results = [json.loads(out[out.rindex("{\n"):]) for out, _ in outs]
     assert results[0] == results[1]

@@ -22,10 +22,6 @@ from .models import preact_resnet
 from .paths import resolve_path
 
 
-def _signed(mode: str) -> dict:
-    return {} if mode == "detect" else {"signed_inputs": mode}
-
-
 class ShardedLoader:
     """This rank's contiguous share of every global batch of a loader. The global batch (its
     order and augmentation) is drawn exactly as in a single process, so one process and N
@@ -108,7 +104,7 @@ class CifarConfig(RunConfig):
         if self.bits != FULL_PRECISION:
             model = quantize_model(model, self.bits, self.method, self.weight_granularity,
                                    init=self.init, grad_scale=self.grad_scale, inplace=True,
-                                   example_input=example, **_signed(self.signed_inputs))
+                                   example_input=example, signed_inputs=self.signed_inputs)
         return model
 
     def load(self) -> tuple[D.ImageData, D.ImageData]:

@@ -39,7 +39,7 @@ from torch import nn
 from . import distributed as dist
 from .convert import calibrate, conversion_report
 from .dynamics import probe_rows, record_dynamics
-from .functional import check_bits
+from .functional import QuantizerInputError, check_bits
 from .modules import quantizers
 from .mse import check_init
 from .paths import resolve_path
@@ -56,7 +56,7 @@ from .rundir import (
 from .state import rng_state, set_rng_state
 
 FULL_PRECISION = 32
-PRECISIONS = ("fp32", "bf16", "fp64")
+PRECISIONS = ("fp32", "tf32", "bf16", "fp64")
 COMPILE_MODES = ("none", "default", "max-autotune", "reduce-overhead")
 RESUME_MODES = ("auto", "require", "never")
 
@@ -110,8 +110,9 @@ class RunConfig:
     batch_size: int = option(128, "global batch size, over all processes")
     calib_batches: int = option(100, "batches for the step-size calibration (Eq. 10)")
     seed: int = option(0, "random seed (part of the run's hash)")
-    precision: str = option("fp32", "arithmetic: fp32 (the paper), bf16 autocast (faster, "
-                            "changes results), fp64 (verification)", PRECISIONS)
+    precision: str = option("fp32", "arithmetic: fp32 (the paper; TF32 off on CUDA), tf32 "
+                            "(TF32 convolutions and matmuls), bf16 autocast (faster, changes "
+                            "results), fp64 (verification)", PRECISIONS)
     sync_bn: bool = option(False, "synchronise BatchNorm statistics across processes")
     init_from: dict | None = option(None, "config of the run whose weights start this one",
                                     cli=False)
@@ -168,11 +169,6 @@ class RunConfig:
         warm-up scaled), granularity, parent. Idempotent; the hash is taken over this."""
         validate_fields(self)
         c = dataclasses.replace(self)
-        if c.bits == FULL_PRECISION:  # quantizer fields mean nothing here: one FP run, one hash
-            fresh = type(c)()
-            for name in ("method", "init", "grad_scale", "signed_inputs", "calib_batches",
-                         "dynamics_per_epoch", "weight_granularity"):
-                setattr(c, name, getattr(fresh, name))
         if c.bits != FULL_PRECISION:
             check_bits(c.bits, allow_binary=c.method != "lsq")
         if isinstance(c.init, str):
@@ -183,6 +179,11 @@ class RunConfig:
         check_init(c.init)
         if c.method == "lsq" and c.bits == 1:
             raise ValueError("LSQ has no 1-bit weight quantizer; use method='uniq' for 1 bit")
+        if c.bits == FULL_PRECISION:  # quantizer fields mean nothing here: one FP run, one hash
+            fresh = type(c)()
+            for name in ("method", "init", "grad_scale", "signed_inputs", "calib_batches",
+                         "dynamics_per_epoch", "weight_granularity"):
+                setattr(c, name, getattr(fresh, name))
         c.recipe = c.recipe or default_recipe(c.bits)
         base = get_recipe(c.recipe)
         c.lr = float(base.lr if c.lr is None else c.lr)
@@ -616,10 +617,19 @@ class Session:
     checkpoint: dict | None
 
 
+def set_precision(precision: str) -> None:
+    """fp32 means IEEE float32 everywhere (the authors' runs predate TF32): PyTorch's default
+    of TF32 cuDNN convolutions is switched off; ``tf32`` switches TF32 on for both."""
+    tf32 = precision == "tf32"
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
 def prepare(cfg: RunConfig, d: dist.Dist, start: dict | None = None,
             checkpoint: Path | None = None) -> Session:
     """Load the data, build and convert the model, load the start weights or the checkpoint,
     calibrate (a new quantized run), wrap for DDP and torch.compile, build the optimizer."""
+    set_precision(cfg.precision)
     data = cfg.make_data(d)
     torch.manual_seed(cfg.seed)
     model = cfg.make_model(data.info["num_classes"], cfg.example_input(),
@@ -758,11 +768,9 @@ def train_one_epoch(cfg: RunConfig, net: nn.Module, model: nn.Module,
             probes.append((epoch + i / n, step, record_dynamics(model, x, cfg.precision)))
         try:
             batch_loss, batch_correct = train_step(net, optimizer, x, y, cfg.precision)
-        except ValueError as err:
-            if "step" in str(err) or "NaN" in str(err):  # a quantizer's value check (CPU)
-                raise diverged(f"a quantizer refused its input ({err})", epoch, step, cfg,
-                               label) from err
-            raise
+        except QuantizerInputError as err:  # a step or an input went bad: divergence
+            raise diverged(f"a quantizer got a non-positive step or a non-finite input "
+                           f"({str(err).split(';')[0]})", epoch, step, cfg, label) from None
         loss_sum += batch_loss
         correct += batch_correct
         seen += y.shape[0]
@@ -825,6 +833,7 @@ def evaluate_weights(config: RunConfig, path: str | Path) -> dict[str, Any]:
     state = load_checkpoint(path)
     load_weights_into(model, state.get("model", state), str(path))
     model.to(d.device, _dtype(cfg.precision))
+    set_precision(cfg.precision)
     loss, top1, n = evaluate(model, data.eval, d, cfg.precision)
     return {"task": cfg.task, "label": cfg.label(), "evaluated": str(path), "top1": top1,
             "loss": loss, "images": n, "precision": cfg.precision, **data.info}

@@ -541,6 +541,35 @@ def measurements(ctx: Context, train: bool = False) -> tuple[pd.DataFrame, dict]
     return pd.DataFrame(rows, columns=cols), missing
 
 
+def imagenet_demo(ctx: Context) -> pd.DataFrame:
+    """The ImageNet path offline: each architecture converted, calibrated and trained for one
+    epoch on a generated ImageFolder through the real loaders and engine, and the 1-bit
+    ResNet-18 started from the 2-bit one (weights only, steps re-initialised). One row per run
+    with the number of weight levels its 1-bit layers really have."""
+    from .imagenet import demo_config, generated_folder
+    from .modules import quantizers
+
+    data = generated_folder(ctx.runs_dir / "imagenet-demo-data")
+    rows = []
+    for arch, bits in (("preresnet18", 2), ("preresnet18", 1), ("preresnet34", 2),
+                       ("mobilenetv2_w1", 2)):
+        cfg = demo_config(arch, bits, data, ctx.runs_dir, device=ctx.device)
+        t0 = time.time()
+        r = fit(cfg, quiet=True)
+        model = r.model()
+        levels = [int(q(model.get_submodule(n.rsplit(".", 1)[0]).weight).detach()
+                      .reshape(q.step.shape[0] if q.step.dim() else 1, -1)[0].unique().numel())
+                  for n, q in quantizers(model) if n.endswith("weight_quantizer") and q.bits == 1]
+        resolved = cfg.resolved()
+        rows.append({"arch": arch, "bits": bits, "recipe": resolved.recipe,
+                     "starts_from": "the 2-bit run" if resolved.init_from else "random weights",
+                     "steps": r.result["steps"], "train_loss": round(r.result[
+                         "train_loss_final"], 3), "weight_levels_1bit_layers":
+                     sorted(set(levels)) if levels else "-",
+                     "seconds": round(time.time() - t0, 1), "data": "generated", "run": r.dir.name})
+    return pd.DataFrame(rows)
+
+
 def claims_table(ctx: Context, train: bool = False) -> pd.DataFrame:
     """Every claim of ``data/claims.csv`` with its effect, 95% interval and verdict."""
     from .claims import evaluate_claims

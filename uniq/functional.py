@@ -53,6 +53,10 @@ def check_bits(bits: object, *, allow_binary: bool = True) -> int:
     return int(bits)
 
 
+class QuantizerInputError(ValueError):
+    """A step that is not positive or an input that is not finite (checked on CPU tensors)."""
+
+
 def _values_checkable(t: torch.Tensor) -> bool:
     # Reading a CPU tensor costs no device sync; CUDA tensors and compiled graphs are left alone.
     return t.device.type == "cpu" and not torch.compiler.is_compiling()
@@ -66,12 +70,12 @@ def _check_inputs(x: torch.Tensor, step: torch.Tensor | float, name: str) -> tor
             raise ValueError(f"{name}: step must be a positive number, got {step!r}")
         step = torch.tensor(float(step), dtype=x.dtype, device=x.device)
     if _values_checkable(step) and not bool((step > 0).all()):
-        raise ValueError(
+        raise QuantizerInputError(
             f"{name}: every step must be positive, got min {step.min().item():g}; "
             "initialise it from data (uniq.calibrate) or with a positive constant"
         )
     if _values_checkable(x) and not bool(torch.isfinite(x).all()):
-        raise ValueError(
+        raise QuantizerInputError(
             f"{name}: input contains NaN or inf; check the data and the preceding layers"
         )
     return step

@@ -99,10 +99,10 @@ class ImageNetConfig(RunConfig):
                             else nn.Conv2d(last.in_channels, num_classes, 1))
         model = adaptive_pooling(model)
         if self.bits != FULL_PRECISION:
-            kw = {} if self.signed_inputs == "detect" else {"signed_inputs": self.signed_inputs}
             model = quantize_model(model, self.bits, self.method, self.weight_granularity,
                                    init=self.init, grad_scale=self.grad_scale, inplace=True,
-                                   example_input=example, **kw)
+                                   example_input=example,
+                                   signed_inputs=self.signed_inputs)
         return model
 
     def make_data(self, d: Dist) -> TaskData:
@@ -234,3 +234,32 @@ def policy_summary(bits_list=(4, 3, 2, 1)) -> pd.DataFrame:
                          "signed_inputs": int(r.signed_input.fillna(False).sum()),
                          "granularity": granularity})
     return pd.DataFrame(rows)
+
+
+# --- offline demonstration --------------------------------------------------------------------
+
+
+def generated_folder(root: Path, classes: int = 4, train: int = 8, val: int = 4,
+                     size: int = 40, seed: int = 0) -> Path:
+    """A small ImageFolder of generated PNGs (class-dependent brightness), in ImageNet's layout,
+    for running the real loaders offline. Written once; reused if present."""
+    root = Path(root)
+    if (root / "val").is_dir():
+        return root
+    g = torch.Generator().manual_seed(seed)
+    for split, n in (("train", train), ("val", val)):
+        for c in range(classes):
+            d = root / split / f"n{c:08d}"
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                px = (torch.rand(size, size, 3, generator=g) * 60 + c * 50).to(torch.uint8)
+                Image.fromarray(px.numpy()).save(d / f"img_{i}.png")
+    return root
+
+
+def demo_config(arch: str, bits: int, data_dir: Path, runs_dir: Path, **kw) -> ImageNetConfig:
+    """A few steps of the real ImageNet path on generated images (no accuracy is claimed)."""
+    return ImageNetConfig(**{"arch": arch, "bits": bits, "data_dir": str(data_dir),
+                             "pretrained": "none", "epochs": 1, "batch_size": 8,
+                             "calib_batches": 1, "image_size": 32, "augment": False,
+                             "workers": 0, "runs_dir": str(runs_dir), "log_every": 1, **kw})

@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 import numbers
 from functools import cache
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -118,19 +117,10 @@ def optimal_sqnr_db(bits: int, kind: str) -> float:
     return 10 * math.log10(RECTIFIED_GAUSSIAN_VAR / (0.5 * mse))
 
 
-def paper_tables() -> pd.DataFrame:
-    """The paper's numbers (``data/paper_tables.csv``) as a DataFrame."""
-    path = Path(__file__).resolve().parent.parent / "data" / "paper_tables.csv"
-    if not path.exists():
-        raise FileNotFoundError(
-            f"{path} is missing; uniq reads the paper's numbers from the repository's data/ "
-            "folder, so install it from a clone with `pip install -e .`"
-        )
-    return pd.read_csv(path)
-
-
 def table1(bits: range | list[int] = range(1, 5)) -> pd.DataFrame:
     """Table 1 recomputed, with the paper's values beside the computed ones (bits 1-4 in print)."""
+    from .paper import paper_tables
+
     paper = paper_tables()
     paper = paper[paper.table == 1]
 

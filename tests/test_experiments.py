@@ -1,0 +1,101 @@
+"""The experiments behind Tables 4-6: 23 distinct runs per profile and seed, commands that
+train exactly those runs, seeds, workers sharing one list, and per-seed tables."""
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from conftest import env
+
+import uniq.experiments as X
+from uniq.__main__ import build_parser, config_from_args
+
+
+@pytest.mark.parametrize("profile", ["smoke", "quick", "paper"])
+def test_a_profile_needs_23_distinct_runs_per_seed(tmp_path, profile):
+    ctx = X.context(profile, results_dir=str(tmp_path / "res"), runs_dir=str(tmp_path),
+                    seeds=1)
+    rows = X.plan(ctx)
+    assert len(rows) == 23 and len({r["run"] for r in rows}) == 23
+    assert {r["state"] for r in rows} == {"missing"}
+    assert len(X.plan(X.context(profile, str(tmp_path / "r"), str(tmp_path), seeds=3))) \
+        == 1 + 22 * 3
+    # Figure 3 and 4 runs are cells of Tables 4 and 6; the Table 4 1-bit run is Table 6's
+    # "Adam, warm-up 5" row; Table 5's MSE cells are Table 4's UniQ cells
+    keys = {e.key: X.config(ctx, e).key() for e in X.experiments(ctx)}
+    assert keys["t4/uniq/1b"] == keys["t6/adam-warmup5"]
+    assert keys["t5/2b/init=mse"] == keys["t4/uniq/2b"]
+    assert keys["t5/3b/init=mse"] == keys["t4/uniq/3b"]
+    assert len(set(keys.values())) == 23
+
+
+def test_each_listed_command_trains_exactly_the_listed_run(tmp_path):
+    ctx = X.context("quick", str(tmp_path / "res"), str(tmp_path), seeds="0,5")
+    for row, (_, _, cfg) in zip(X.plan(ctx), X.distinct_runs(ctx), strict=True):
+        argv = row["command"].split()[3:]  # after "python -m uniq"
+        parsed = config_from_args(build_parser().parse_args(argv))
+        assert parsed.key() == cfg.key() and parsed.run_dir().name == row["run"], row
+
+
+def test_lsq_rows_use_lsq_init_by_default_and_mse_on_request(tmp_path):
+    lsq = X.experiment(X.context("paper", str(tmp_path), str(tmp_path)), "t4/lsq/2b")
+    same = X.experiment(X.context("paper", str(tmp_path), str(tmp_path), lsq_init="mse"),
+                        "t4/lsq/2b")
+    assert lsq.init == "lsq" and same.init == "mse"
+    with pytest.raises(ValueError, match="LSQ_INIT"):
+        X.context("paper", str(tmp_path), str(tmp_path), lsq_init="zero")
+
+
+@pytest.mark.parametrize("value,expected", [(3, (0, 1, 2)), ("2", (0, 1)), ("0,4,7", (0, 4, 7)),
+                                            ([1, 2], (1, 2)), ("[3, 5]", (3, 5))])
+def test_seeds_parse(value, expected):
+    assert X.parse_seeds(value) == expected
+
+
+@pytest.mark.parametrize("value", ["two", 0, -1, "1,1", [0.5], True, "1;2"])
+def test_bad_seeds_are_clear_errors(value):
+    with pytest.raises(ValueError, match="seed"):
+        X.parse_seeds(value)
+
+
+def test_three_workers_given_the_same_list_train_every_run_once(tmp_path, monkeypatch):
+    """Workers share a runs folder and take the same command list: the run lock makes each
+    run train once, whatever the order (here: all three start on the same run at once)."""
+    tiny = X.Profile("tiny", "synthetic", depth=8, batch_size=64, fp_epochs=1, epochs=1,
+                     calib_batches=1, warmup_scale=0.1, seeds=(0,), synthetic_train=256,
+                     synthetic_test=100, dynamics_per_epoch=1)
+    monkeypatch.setitem(X.PROFILES, "tiny", tiny)
+    ctx = X.context("tiny", str(tmp_path / "res"), str(tmp_path / "runs"), device="cpu")
+    rows = X.plan(ctx, ["t4/uniq/2b", "t4/lsq/2b", "t5/2b/init=0.1"])
+    assert len(rows) == 4  # the FP parent and three quantized runs
+    script = " && ".join(r["command"] for r in rows)
+    workers = [subprocess.Popen(["bash", "-c", script.replace("python ", f"{sys.executable} ")],
+                                env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True) for _ in range(3)]
+    logs = [w.communicate(timeout=900)[0] for w in workers]
+    assert all(w.returncode == 0 for w in workers), logs
+    text = "\n".join(logs)
+    for r in rows:
+        prepared = [line for line in text.splitlines() if r["run"] in line and "preparing" in line]
+        assert len(prepared) == 1, (r["run"], text[-3000:])
+    assert {r["state"] for r in X.plan(ctx, ["t4/uniq/2b", "t4/lsq/2b", "t5/2b/init=0.1"])} \
+        == {"done"}
+
+
+def test_tables_summarise_seeds_with_intervals():
+    seeds = pd.DataFrame({
+        "experiment": ["a"] * 3 + ["b"], "method": ["UniQ"] * 3 + ["LSQ"],
+        "bits": ["2/2"] * 4, "seed": [0, 1, 2, 0], "top1_final": [70.0, 71.0, 72.0, 69.0],
+        "top1_best": [71.0, 72.0, 73.0, 69.5], "paper_top1": [71.0] * 3 + [70.0],
+        "dataset": ["cifar100"] * 4, "precision": ["fp32"] * 4, "run": ["r0", "r1", "r2", "r3"]})
+    t = X.summarize(seeds, "top1_final", "paper")
+    a = t[t.experiment == "a"].iloc[0]
+    assert a.n == 3 and a.top1_final == 71.0 and a.top1_final_sd == 1.0 and a.top1_best == 72.0
+    from scipy import stats
+
+    half = stats.t.ppf(0.975, 2) / 3 ** 0.5
+    assert a["diff"] == 0.0 and a.diff_ci_low == pytest.approx(-half, abs=0.01)
+    b = t[t.experiment == "b"].iloc[0]
+    assert b.n == 1 and pd.isna(b.diff_ci_low) and b["diff"] == -1.0
+    assert list(t.columns[:3]) == ["experiment", "method", "bits"]
