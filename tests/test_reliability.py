@@ -94,7 +94,7 @@ def test_a_diverged_run_continues_from_its_last_good_checkpoint(tmp_path, monkey
     def poisoned(*args):
         calls["n"] += 1
         loss, correct = real_step(*args)
-        return (loss * float("inf") if calls["n"] > 10 else loss), correct
+        return (loss * float("inf") if calls["n"] > 20 else loss), correct  # after epoch 1
 
     monkeypatch.setattr(E, "train_step", poisoned)
     with pytest.raises(E.TrainingDiverged, match="--init-from-run") as err:
