@@ -96,7 +96,9 @@ def _notebook(path, code):
     book = nbformat.v4.new_notebook()
     params = nbformat.v4.new_code_cell('PROFILE = "smoke"\nRESULTS_DIR = None')
     params.metadata["tags"] = ["parameters"]
-    book.cells = [params, nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell(code)]
+    book.cells = [params, nbformat.v4.new_markdown_cell("# a heading"),
+                  nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell(code),
+                  nbformat.v4.new_code_cell("print('the cell after')")]
     book.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
                                    "language": "python"}
     nbformat.write(book, path)
@@ -107,7 +109,8 @@ def broken(tmp_path):
     nbs = tmp_path / "nbs"
     nbs.mkdir()
     _notebook(nbs / "01_fine.ipynb", "print('fine')")
-    _notebook(nbs / "02_broken.ipynb", "raise RuntimeError('deliberate failure')")
+    _notebook(nbs / "02_broken.ipynb",
+              "y = 2  # the failing cell\nraise RuntimeError('deliberate failure')")
     _notebook(nbs / "03_after.ipynb", "print('after')")
     return nbs
 
@@ -118,9 +121,20 @@ def test_a_failing_notebook_is_reported_and_exits_non_zero(broken, tmp_path, cap
     err = capsys.readouterr().err
     assert "FAILED 02_broken.ipynb at cell" in err and "deliberate failure" in err
     p = json.loads((out / "provenance.json").read_text())
-    assert p["failures"][0]["notebook"] == "02_broken.ipynb"
-    # the executed copy has papermill's injected-parameters cell after the parameters cell
-    assert p["failures"][0]["cell_index"] == 3 and p["failures"][0]["execution_count"] == 4
+    failure = p["failures"][0]
+    assert failure["notebook"] == "02_broken.ipynb"
+    # the oracle: the position of the raising cell in the source notebook, although the executed
+    # copy has papermill's injected-parameters cell, error banner and anchor in front of it
+    source = nbformat.read(broken / "02_broken.ipynb", as_version=4)
+    failing = next(i for i, c in enumerate(source.cells) if "raise" in c.source)
+    executed = nbformat.read(out / "02_broken.ipynb", as_version=4)
+    assert len(executed.cells) == len(source.cells) + 3  # so the executed index would be off
+    assert failure["cell_index"] == failing
+    assert failure["first_line"] == source.cells[failing].source.splitlines()[0]
+    assert failure["error"] == "RuntimeError: deliberate failure"
+    # code cells before it ran once each: parameters, injected parameters, "x = 1", the failing one
+    assert failure["execution_count"] == 4
+    assert f"cell {failing} (counting from 0)" in err and "y = 2  # the failing cell" in err
     assert p["notebooks"]["03_after.ipynb"]["skipped"]
     assert (out / "01_fine.ipynb").exists() and (out / "02_broken.ipynb").exists()
     assert not (out / "03_after.ipynb").exists()
