@@ -1,8 +1,10 @@
 """Run every notebook in order with papermill, into ``results/<profile>/``.
 
-Executed notebooks, tables (CSV + Markdown), figures (PNG) and ``provenance.json`` land in the
-results folder. A failing notebook is reported by name and cell; what was produced before stays;
-``keep_going`` runs the rest; the exit code is non-zero if any notebook failed.
+Executed notebooks, tables (CSV + Markdown), figures (PNG), ``provenance.json`` and an HTML
+report (``index.html``, with every notebook rendered under ``html/``) land in the results
+folder. A failing notebook is reported by name, the failing cell's index in the source notebook,
+its first line and the error; what was produced before stays; ``keep_going`` runs the rest; the
+exit code is non-zero if any notebook failed.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from importlib import metadata
 from pathlib import Path
 
 from .experiments import REPO, get_profile
+from .report import build_report
 
 NOTEBOOKS_DIR = REPO / "notebooks"
 PACKAGES = ("torch", "torchvision", "numpy", "scipy", "pandas", "matplotlib", "papermill",
@@ -185,6 +188,7 @@ def reproduce(profile: str = "smoke", only: list[int] | None = None, keep_going:
         "profile_settings": prof.__dict__,
         "dataset": prof.dataset,
         "caveat": prof.caveat(),
+        "comparable_to_paper": prof.comparable,
         "parameters": params,
         "seeds": {"training": 0, "note": "every run's seed is in its config.json"},
         "git": _git(),
@@ -199,5 +203,13 @@ def reproduce(profile: str = "smoke", only: list[int] | None = None, keep_going:
         "command": " ".join(sys.argv),
     }
     (out / "provenance.json").write_text(json.dumps(provenance, indent=2, default=str))
+    report_failed = False
+    try:
+        index = build_report(out, Path(notebooks_dir) if notebooks_dir else NOTEBOOKS_DIR)
+        print(f"[reproduce] report: {index} (open it in a browser)", flush=True)
+    except Exception as err:  # noqa: BLE001 - the notebooks' results stay; say what went wrong
+        report_failed = True
+        print(f"[reproduce] could not write the HTML report: {type(err).__name__}: {err}; "
+              f"retry with `python -m uniq.report {out}`", file=sys.stderr, flush=True)
     print(f"[reproduce] results in {out}; {len(failures)} notebook(s) failed", flush=True)
-    return 1 if failures else 0
+    return 1 if failures or report_failed else 0
