@@ -1,6 +1,7 @@
 """The smoke reproduction end to end (all notebooks through papermill) and the runner's errors."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -80,6 +81,57 @@ def test_provenance_is_complete(smoke):
     assert p["seeds"] and p["failures"] == []
     assert all(v["ok"] for v in p["notebooks"].values()) and len(p["notebooks"]) == 8
     assert "04_table4_figure3" in p["notebook_records"]
+
+
+# what a cell shows when it ends with an expression whose value nobody wanted to see
+REPR_ECHO = re.compile(r"^(PosixPath\(|WindowsPath\(|<Figure|\[<matplotlib|<matplotlib"
+                       r"|<[\w.]+ object at 0x)")
+
+
+def test_executed_notebooks_show_no_warnings_errors_or_stray_values(smoke):
+    _, out = smoke
+    problems = []
+    for nb in notebooks():
+        executed = nbformat.read(out / nb.name, as_version=4)
+        for index, cell in enumerate(executed.cells):
+            for output in cell.get("outputs", []):
+                where = f"{nb.name} cell {index}"
+                kind = output.get("output_type")
+                if kind == "stream" and output.get("name") == "stderr" and (
+                        "Warning" in output.get("text", "")):
+                    problems.append(f"{where}: warning on stderr: {output['text'][:200]}")
+                if kind == "error":
+                    problems.append(f"{where}: error {output.get('ename')}")
+                data = output.get("data", {})
+                if any(m.startswith("application/vnd") and "error" in m for m in data):
+                    problems.append(f"{where}: error output {sorted(data)}")
+                if kind == "execute_result" and REPR_ECHO.match(data.get("text/plain", "")):
+                    problems.append(f"{where}: stray value {data['text/plain'][:80]}")
+    assert problems == []
+
+
+def test_the_report_of_the_smoke_run_opens_offline(smoke):
+    from test_report import check_page, parse
+
+    _, out = smoke
+    index = out / "index.html"
+    assert index.exists()
+    links = {value for _, _, value in parse(index).links}
+    for name in ("table1", "table4", "table5", "table6", "summary"):
+        assert f"{name}.csv" in links, name
+    for png in out.glob("*.png"):
+        assert png.name in links, png.name
+    for nb in notebooks():
+        assert f"html/{nb.stem}.html" in links, nb.name
+    # the notebooks' links into the repository (e.g. ../docs/) are checked by test_report.py;
+    # here, every page is checked for external fetches and for links inside the results folder
+    pages = [index, *(out / "html").glob("*.html")]
+    problems = [p for page in pages for p in check_page(page, out)
+                if "does not exist" not in p or str(out.resolve()) in p.split("->")[-1]]
+    assert problems == []
+    text = index.read_text()
+    assert "NOT comparable" in text and "provenance.json" in text
+    assert "ResNet-32 on CIFAR-100" not in (out / "table4.md").read_text()
 
 
 def test_committed_notebooks_carry_no_outputs():
