@@ -8,6 +8,7 @@ recipe, warm-up length) instead of the paper's setting.
 from __future__ import annotations
 
 import functools
+import textwrap
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -180,41 +181,42 @@ def dynamics_figure(panels: list[tuple[str, pd.DataFrame, float]], layer: str,
     """Figure 4: step size, input std and SQNR of one activation quantizer per run.
 
     ``panels``: (title, dynamics DataFrame, warm-up epochs) per run. The grey band is the
-    warm-up; each step-size panel says by how much the step moved over the plotted span, so a
+    warm-up; each column's heading says by how much the step moved over the plotted span, so a
     change too small to see is still stated."""
     columns = len(panels)
-    fig, axes = plt.subplots(3, columns, figsize=(min(2.6 * columns + 0.6, 10.5), 7.8),
+    fig, axes = plt.subplots(3, columns, figsize=(min(2.6 * columns + 0.6, 10.5), 8.4),
                              squeeze=False, sharex=True)
+    handles = {}
     for col, (panel_title, df, warmup) in enumerate(panels):
         d = df[(df.layer == layer) & (df.epoch_float <= max_epoch)] if len(df) else df
+        heading = textwrap.fill(panel_title, 26)
         for row, (key, label) in enumerate((("step_size", "step size"),
                                             ("input_std", "input std"),
                                             ("sqnr_db", "SQNR (dB)"))):
             ax = axes[row][col]
             if warmup:
-                ax.axvspan(0, warmup, color="0.88", lw=0,
-                           label=f"warm-up ({warmup:g} epoch{'s' if warmup != 1 else ''})")
+                handles["warm-up"] = ax.axvspan(0, warmup, color="0.88", lw=0)
+            if col == 0:
+                ax.set_ylabel(label)
             if not len(d):
-                ax.text(0.5, 0.5, "no dynamics recorded", ha="center", transform=ax.transAxes)
+                ax.text(0.5, 0.5, "no dynamics\nrecorded", ha="center", va="center",
+                        transform=ax.transAxes)
                 continue
             ax.plot(d.epoch_float, d[key], lw=1.5, marker="." if len(d) < 40 else None)
             if key == "step_size":
                 first, last = float(d[key].iloc[0]), float(d[key].iloc[-1])
                 change = 100 * (last - first) / first if first else float("nan")
-                ax.text(0.97, 0.92, f"{change:+.2g}% over the run", ha="right", va="top",
-                        transform=ax.transAxes, fontsize=8,
-                        bbox=dict(fc="white", ec="none", alpha=0.7))
+                heading += f"\nstep {change:+.2g}% over the run"
             if key == "sqnr_db":
-                ax.axhline(d.optimal_sqnr_db.iloc[0], ls="--", color="tab:orange",
-                           label="optimal (Gaussian input)")
-            if row == 2 or (row == 0 and warmup):
-                ax.legend(fontsize=7, loc="lower right")
-            if col == 0:
-                ax.set_ylabel(label)
-        axes[0][col].set_title(panel_title, fontsize=9)
+                handles["optimal SQNR for a Gaussian input (Table 1)"] = ax.axhline(
+                    d.optimal_sqnr_db.iloc[0], ls="--", color="tab:orange")
+        axes[0][col].set_title(heading, fontsize=9)
         axes[-1][col].set_xlabel("epoch")
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="lower center",
+                   ncol=len(handles), frameon=False)
     fig.suptitle(title or f"training dynamics of the input quantizer of {layer}")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.04 if handles else 0, 1, 1))
     return fig
 
 

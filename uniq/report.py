@@ -290,13 +290,13 @@ def build_report(results_dir: str | Path, notebook_dir: str | Path = NOTEBOOKS_D
                             f"python -m uniq.report {out})")
             break
 
-    tables = sorted(p for p in out.glob("*.csv"))
-    figures = sorted(p for p in out.glob("*.png"))
+    # in the order the notebooks wrote them (a notebook's tables and figures follow its cells)
+    results = sorted((p for p in [*out.glob("*.csv"), *out.glob("*.png")]),
+                     key=lambda p: (p.stat().st_mtime, p.name))
     by_section: dict[str | None, list[str]] = {}
-    for path in tables:
-        by_section.setdefault(_section_of(path.stem), []).append(_table_block(path))
-    for path in figures:
-        by_section.setdefault(_section_of(path.stem), []).append(_figure_block(path))
+    for path in results:
+        block = _table_block(path) if path.suffix == ".csv" else _figure_block(path)
+        by_section.setdefault(_section_of(path.stem), []).append(block)
 
     parts = [f"<h1>UniQ reproduction: the <code>{html.escape(profile)}</code> profile</h1>"]
     if caveat:
