@@ -168,3 +168,48 @@ def test_column_guide_explains_only_the_columns_a_table_has():
 def test_a_missing_results_folder_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="reproduce"):
         build_report(tmp_path / "nothing")
+
+
+def test_reading_guides_follow_the_profile():
+    from uniq.experiments import PROFILES
+    from uniq.report import describe_setting, how_to_compare, model_and_data
+
+    smoke, quick, paper = PROFILES["smoke"], PROFILES["quick"], PROFILES["paper"]
+    assert model_and_data(smoke) == f"ResNet-{smoke.depth} on generated data"
+    assert model_and_data(paper) == "ResNet-32 on CIFAR-100"
+    assert f"{smoke.synthetic_train:,} training images" in describe_setting(smoke)
+    assert "not the numbers" in how_to_compare(smoke)
+    assert f"{quick.epochs} epochs per quantized run" in how_to_compare(quick)
+    assert "the paper's setting" in how_to_compare(paper)
+
+
+def test_figures_draw_without_warnings_and_titles_say_what_ran(recwarn):
+    """Figure 3 on a real converted model (its step is a parameter that requires grad) and
+    Figure 4 on a small dynamics table: no warning, the given titles, the warm-up length."""
+    import torch
+
+    import uniq
+    from uniq import plots
+    from uniq.models import preact_resnet
+    from uniq.train import TrainConfig
+
+    torch.manual_seed(0)
+    models = {name: uniq.quantize_model(preact_resnet(8), 2, method, weight_granularity="tensor",
+                                        init=0.1) for name, method in (("LSQ", "lsq"),
+                                                                       ("UniQ", "uniq"))}
+    layer = "blocks.0.conv1"
+    fig = plots.weight_histograms(models, [layer], title="trained 2-bit weights, X on Y")
+    assert fig._suptitle.get_text() == "trained 2-bit weights, X on Y"
+    plt.close(fig)
+
+    cfg = TrainConfig(bits=1, recipe="sgd-warmup5", warmup_epochs=0.25, dataset="synthetic")
+    title = plots.describe_run(cfg)
+    assert title.startswith("1-bit UniQ, SGD, 0.25-epoch warm-up at 0.001, then lr 0.01")
+    dynamics = pd.DataFrame({"layer": layer, "epoch_float": [0.0, 0.5, 1.0],
+                             "step_size": [1.0, 1.0001, 1.0002], "input_std": [1.0, 1.1, 1.2],
+                             "sqnr_db": [5.0, 5.5, 6.0], "optimal_sqnr_db": 5.5})
+    fig = plots.dynamics_figure([(title, dynamics, 0.25)], layer, title="dynamics")
+    heading = fig.axes[0].get_title()
+    assert "0.25-epoch" in heading and "+0.02% over the run" in heading
+    plt.close(fig)
+    assert [str(w.message) for w in recwarn] == []
