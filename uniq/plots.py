@@ -8,6 +8,7 @@ recipe, warm-up length) instead of the paper's setting.
 from __future__ import annotations
 
 import functools
+import itertools
 import textwrap
 
 import matplotlib.pyplot as plt
@@ -228,10 +229,11 @@ def summary_chart(paper: pd.DataFrame, reproduced: pd.DataFrame | None = None,
     d = paper[(paper.table.isin([2, 3])) & (paper.model == "resnet18")
               & (paper.method != "fp")]
     fig, ax = plt.subplots(figsize=(8, 4.8))
+    others = itertools.cycle(plt.get_cmap("tab20").colors)  # a distinct colour per method
     for method, g in d.groupby("method"):
         g = g.drop_duplicates("weight_bits").sort_values("weight_bits")
         style = dict(lw=2.5, marker="o", color="tab:red") if method == "UniQ" else dict(
-            lw=1, marker=".", alpha=0.7)
+            lw=1, marker=".", alpha=0.8, color=next(others))
         ax.plot(g.weight_bits, g.value, label=method, **style)
     if reproduced is not None and len(reproduced):
         ax.plot(reproduced.bits, reproduced.top1, "*", ms=14, color="black",
