@@ -187,6 +187,9 @@ def test_a_failing_notebook_is_reported_and_exits_non_zero(broken, tmp_path, cap
     # code cells before it ran once each: parameters, injected parameters, "x = 1", the failing one
     assert failure["execution_count"] == 4
     assert f"cell {failing} (counting from 0)" in err and "y = 2  # the failing cell" in err
+    report = (out / "index.html").read_text()  # the report is written after a failure too
+    assert f"02_broken.ipynb failed at cell {failing}" in report
+    assert (out / "html" / "02_broken.html").exists()
     assert p["notebooks"]["03_after.ipynb"]["skipped"]
     assert (out / "01_fine.ipynb").exists() and (out / "02_broken.ipynb").exists()
     assert not (out / "03_after.ipynb").exists()
