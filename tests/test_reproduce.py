@@ -1,6 +1,7 @@
 """The smoke reproduction end to end (all notebooks through papermill) and the runner's errors."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -82,6 +83,57 @@ def test_provenance_is_complete(smoke):
     assert "04_table4_figure3" in p["notebook_records"]
 
 
+# what a cell shows when it ends with an expression whose value nobody wanted to see
+REPR_ECHO = re.compile(r"^(PosixPath\(|WindowsPath\(|<Figure|\[<matplotlib|<matplotlib"
+                       r"|<[\w.]+ object at 0x)")
+
+
+def test_executed_notebooks_show_no_warnings_errors_or_stray_values(smoke):
+    _, out = smoke
+    problems = []
+    for nb in notebooks():
+        executed = nbformat.read(out / nb.name, as_version=4)
+        for index, cell in enumerate(executed.cells):
+            for output in cell.get("outputs", []):
+                where = f"{nb.name} cell {index}"
+                kind = output.get("output_type")
+                if kind == "stream" and output.get("name") == "stderr" and (
+                        "Warning" in output.get("text", "")):
+                    problems.append(f"{where}: warning on stderr: {output['text'][:200]}")
+                if kind == "error":
+                    problems.append(f"{where}: error {output.get('ename')}")
+                data = output.get("data", {})
+                if any(m.startswith("application/vnd") and "error" in m for m in data):
+                    problems.append(f"{where}: error output {sorted(data)}")
+                if kind == "execute_result" and REPR_ECHO.match(data.get("text/plain", "")):
+                    problems.append(f"{where}: stray value {data['text/plain'][:80]}")
+    assert problems == []
+
+
+def test_the_report_of_the_smoke_run_opens_offline(smoke):
+    from test_report import check_page, parse
+
+    _, out = smoke
+    index = out / "index.html"
+    assert index.exists()
+    links = {value for _, _, value in parse(index).links}
+    for name in ("table1", "table4", "table5", "table6", "summary"):
+        assert f"{name}.csv" in links, name
+    for png in out.glob("*.png"):
+        assert png.name in links, png.name
+    for nb in notebooks():
+        assert f"html/{nb.stem}.html" in links, nb.name
+    # the notebooks' links into the repository (e.g. ../docs/) are checked by test_report.py;
+    # here, every page is checked for external fetches and for links inside the results folder
+    pages = [index, *(out / "html").glob("*.html")]
+    problems = [p for page in pages for p in check_page(page, out)
+                if "does not exist" not in p or str(out.resolve()) in p.split("->")[-1]]
+    assert problems == []
+    text = index.read_text()
+    assert "NOT comparable" in text and "provenance.json" in text
+    assert "ResNet-32 on CIFAR-100" not in (out / "table4.md").read_text()
+
+
 def test_committed_notebooks_carry_no_outputs():
     for nb in notebooks():
         book = nbformat.read(nb, as_version=4)
@@ -96,7 +148,9 @@ def _notebook(path, code):
     book = nbformat.v4.new_notebook()
     params = nbformat.v4.new_code_cell('PROFILE = "smoke"\nRESULTS_DIR = None')
     params.metadata["tags"] = ["parameters"]
-    book.cells = [params, nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell(code)]
+    book.cells = [params, nbformat.v4.new_markdown_cell("# a heading"),
+                  nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell(code),
+                  nbformat.v4.new_code_cell("print('the cell after')")]
     book.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
                                    "language": "python"}
     nbformat.write(book, path)
@@ -107,7 +161,8 @@ def broken(tmp_path):
     nbs = tmp_path / "nbs"
     nbs.mkdir()
     _notebook(nbs / "01_fine.ipynb", "print('fine')")
-    _notebook(nbs / "02_broken.ipynb", "raise RuntimeError('deliberate failure')")
+    _notebook(nbs / "02_broken.ipynb",
+              "y = 2  # the failing cell\nraise RuntimeError('deliberate failure')")
     _notebook(nbs / "03_after.ipynb", "print('after')")
     return nbs
 
@@ -118,9 +173,23 @@ def test_a_failing_notebook_is_reported_and_exits_non_zero(broken, tmp_path, cap
     err = capsys.readouterr().err
     assert "FAILED 02_broken.ipynb at cell" in err and "deliberate failure" in err
     p = json.loads((out / "provenance.json").read_text())
-    assert p["failures"][0]["notebook"] == "02_broken.ipynb"
-    # the executed copy has papermill's injected-parameters cell after the parameters cell
-    assert p["failures"][0]["cell_index"] == 3 and p["failures"][0]["execution_count"] == 4
+    failure = p["failures"][0]
+    assert failure["notebook"] == "02_broken.ipynb"
+    # the oracle: the position of the raising cell in the source notebook, although the executed
+    # copy has papermill's injected-parameters cell, error banner and anchor in front of it
+    source = nbformat.read(broken / "02_broken.ipynb", as_version=4)
+    failing = next(i for i, c in enumerate(source.cells) if "raise" in c.source)
+    executed = nbformat.read(out / "02_broken.ipynb", as_version=4)
+    assert len(executed.cells) == len(source.cells) + 3  # so the executed index would be off
+    assert failure["cell_index"] == failing
+    assert failure["first_line"] == source.cells[failing].source.splitlines()[0]
+    assert failure["error"] == "RuntimeError: deliberate failure"
+    # code cells before it ran once each: parameters, injected parameters, "x = 1", the failing one
+    assert failure["execution_count"] == 4
+    assert f"cell {failing} (counting from 0)" in err and "y = 2  # the failing cell" in err
+    report = (out / "index.html").read_text()  # the report is written after a failure too
+    assert f"02_broken.ipynb failed at cell {failing}" in report
+    assert (out / "html" / "02_broken.html").exists()
     assert p["notebooks"]["03_after.ipynb"]["skipped"]
     assert (out / "01_fine.ipynb").exists() and (out / "02_broken.ipynb").exists()
     assert not (out / "03_after.ipynb").exists()

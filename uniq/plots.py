@@ -1,6 +1,15 @@
-"""Every figure of the reproduction, as functions that return a matplotlib Figure."""
+"""Every figure of the reproduction, as functions that return a matplotlib Figure.
+
+Figures are sized for a notebook column (at most 10 inches wide, fonts of 9-11 pt), and every
+function takes a ``title`` so that a notebook can say what was actually run (model, data set,
+recipe, warm-up length) instead of the paper's setting.
+"""
 
 from __future__ import annotations
+
+import functools
+import itertools
+import textwrap
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -9,6 +18,38 @@ import torch
 
 from . import functional as QF
 from .mse import distortion, optimal_step
+
+# Legible at notebook width: a figure is shown about 10 inches wide at 100 dpi.
+LEGIBLE = {"font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10, "legend.fontsize": 9,
+           "xtick.labelsize": 9, "ytick.labelsize": 9, "figure.titlesize": 11,
+           "axes.formatter.useoffset": False}
+
+
+def _legible(make):
+    """Draw with the LEGIBLE fonts; no offset on the axes (an offset such as "+1.2e-1" hides
+    how much a curve moves)."""
+
+    @functools.wraps(make)
+    def wrapper(*args, **kwargs):
+        with plt.rc_context(LEGIBLE):
+            return make(*args, **kwargs)
+
+    return wrapper
+
+
+def describe_run(config) -> str:
+    """A run's setting in words, from its config: ``1-bit UniQ, SGD, 0.25-epoch warm-up at
+    0.001, then lr 0.01 (cosine)``. Titles built from this say what was run, in any profile."""
+    recipe = config.get_recipe()
+    what = "full precision" if config.bits >= 32 else (
+        f"{config.bits}-bit {'LSQ' if config.method == 'lsq' else 'UniQ'}")
+    optimizer = "SGD" if recipe.optimizer == "sgd" else "Adam"
+    if recipe.warmup_epochs:
+        schedule = (f"{recipe.warmup_epochs:g}-epoch warm-up at {recipe.warmup_lr:g}, "
+                    f"then lr {recipe.lr:g}")
+    else:
+        schedule = f"lr {recipe.lr:g}, no warm-up"
+    return f"{what}, {optimizer}, {schedule} ({recipe.schedule})"
 
 
 def dorefa_weight(x: torch.Tensor, bits: int) -> torch.Tensor:
@@ -19,7 +60,8 @@ def dorefa_weight(x: torch.Tensor, bits: int) -> torch.Tensor:
     return 2 * torch.round(u * n) / n - 1
 
 
-def transfer_curves(bits: int = 2, step: float = 1.0, span: float = 3.0):
+@_legible
+def transfer_curves(bits: int = 2, step: float = 1.0, span: float = 3.0, title: str | None = None):
     """Input-output curves of the three weight quantizers of Section 3 and 4.1."""
     x = torch.linspace(-span, span, 2001)
     s = torch.tensor(step)
@@ -28,26 +70,28 @@ def transfer_curves(bits: int = 2, step: float = 1.0, span: float = 3.0):
         "DoReFa-style (Eq. 2)": dorefa_weight(x, bits),
         "UniQ symmetric (Eq. 3)": QF.symmetric_quantize(x, s, bits),
     }
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), sharey=True)
-    for ax, (title, y) in zip(axes, curves.items(), strict=True):
+    fig, axes = plt.subplots(1, 3, figsize=(10, 3.6), sharey=True)
+    for ax, (name, y) in zip(axes, curves.items(), strict=True):
         ax.plot(x, x, color="0.8", lw=1, label="identity")
         ax.plot(x, y, lw=2)
-        for level in y.unique():
+        levels = y.unique()
+        for level in levels:
             ax.axhline(float(level), color="C1", ls=":", lw=0.8)
-        ax.set_title(f"{title}\n{len(y.unique())} levels: {np.round(y.unique().numpy(), 2)}",
-                     fontsize=9)
+        ax.set_title(f"{name}\n{len(levels)} levels: "
+                     f"{', '.join(f'{v:g}' for v in np.round(levels.numpy(), 2))}", fontsize=9)
         ax.set_xlabel("input")
     axes[0].set_ylabel("quantized output")
-    fig.suptitle(f"{bits}-bit weight quantizers (step {step})")
+    fig.suptitle(title or f"{bits}-bit weight quantizers (step {step:g}; dotted: the levels)")
     fig.tight_layout()
     return fig
 
 
-def binary_and_activation_curves(step: float = 1.0):
+@_legible
+def binary_and_activation_curves(step: float = 1.0, title: str | None = None):
     """The binary case of Eq. 3 (+-D/2) and the activation quantizer Eq. 5 at 1 and 2 bits."""
     x = torch.linspace(-3, 4, 2001)
     s = torch.tensor(step)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     axes[0].plot(x, QF.symmetric_quantize(x, s, 1), label="Eq. 3, N=2 (binary)")
     axes[0].plot(x, torch.sign(x) * step / 2, "--", label="sign(x) * D/2")
     axes[0].set_title("binary = symmetric quantizer with N = 2")
@@ -55,13 +99,17 @@ def binary_and_activation_curves(step: float = 1.0):
         axes[1].plot(x, QF.unsigned_quantize(x, s, bits), label=f"Eq. 5, {bits} bit")
     axes[1].set_title("activation quantizer (levels 0 .. (N-1) D)")
     for ax in axes:
-        ax.legend(fontsize=8)
+        ax.legend()
         ax.set_xlabel("input")
+    axes[0].set_ylabel("quantized output")
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     return fig
 
 
-def step_gradient_curve(bits: int = 2, step: float = 1.0):
+@_legible
+def step_gradient_curve(bits: int = 2, step: float = 1.0, title: str | None = None):
     """d Q / d step (Eq. 6 with the corrected outer value) as autograd computes it."""
     x = torch.linspace(-3, 3, 1201)
     s = torch.tensor(step, requires_grad=True)
@@ -69,21 +117,22 @@ def step_gradient_curve(bits: int = 2, step: float = 1.0):
     for xi in x:
         (g,) = torch.autograd.grad(QF.symmetric_quantize(xi.view(1), s, bits).sum(), s)
         grads.append(float(g))
-    fig, ax = plt.subplots(figsize=(6, 3.2))
+    fig, ax = plt.subplots(figsize=(7, 3.4))
     ax.plot(x, grads)
     ax.axhline((2**bits - 1) / 2, ls=":", color="C1", label="+-(N-1)/2 outside the range")
     ax.axhline(-(2**bits - 1) / 2, ls=":", color="C1")
     ax.set_xlabel("input x")
     ax.set_ylabel("dQ/dD")
-    ax.set_title(f"step gradient of the {bits}-bit symmetric quantizer (D={step})")
-    ax.legend(fontsize=8)
+    ax.set_title(title or f"step gradient of the {bits}-bit symmetric quantizer (D = {step:g})")
+    ax.legend()
     fig.tight_layout()
     return fig
 
 
-def distortion_curves(bits_list=(1, 2, 3, 4)):
+@_legible
+def distortion_curves(bits_list=(1, 2, 3, 4), title: str | None = None):
     """D(step) for a unit Gaussian (weights) and half-normal (activations), optima marked."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     steps = np.linspace(0.05, 2.5, 300)
     for ax, kind in zip(axes, ("weight", "activation"), strict=True):
         for b in bits_list:
@@ -91,76 +140,100 @@ def distortion_curves(bits_list=(1, 2, 3, 4)):
             best = optimal_step(b, kind)
             (line,) = ax.semilogy(steps, d, label=f"{b} bit")
             ax.plot(best, distortion(best, b, kind), "o", color=line.get_color())
-        ax.set_title(f"{kind}: MSE vs step (dots: optimum)")
-        ax.set_xlabel("step size (unit variance)")
-        ax.legend(fontsize=8)
+        ax.set_title(f"{kind}s ({'Gaussian' if kind == 'weight' else 'rectified Gaussian'} "
+                     "input): MSE vs step")
+        ax.set_xlabel("step size (input of unit variance)")
+        ax.legend(title="dots: optimum")
     axes[0].set_ylabel("mean squared error")
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     return fig
 
 
-def weight_histograms(models: dict, layers: list[str], bins: int = 120):
+@_legible
+def weight_histograms(models: dict, layers: list[str], bins: int = 120, title: str | None = None):
     """Figure 3: trained weights of a few layers, one colour per method, levels dashed."""
-    fig, axes = plt.subplots(1, len(layers), figsize=(6 * len(layers), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(layers), figsize=(5 * len(layers), 3.8), squeeze=False)
     colours = {"LSQ": "tab:green", "UniQ": "tab:red"}
     for ax, layer in zip(axes[0], layers, strict=True):
         for label, model in models.items():
             m = model.get_submodule(layer)
-            w = m.weight.detach().flatten()
             q = m.weight_quantizer
+            with torch.no_grad():  # the step is a parameter: its output would require grad
+                w = m.weight.detach().flatten()
+                levels = q(m.weight.detach()).unique().tolist() if q is not None else []
             ax.hist(w.numpy(), bins=bins, density=True, alpha=0.45,
                     color=colours.get(label), label=label)
-            levels = q(m.weight.detach()).unique() if q is not None else []
             for level in levels:
-                ax.axvline(float(level), color=colours.get(label), ls="--", lw=1)
-        ax.set_title(layer, fontsize=9)
+                ax.axvline(level, color=colours.get(label), ls="--", lw=1)
+        ax.set_title(layer)
         ax.set_xlabel("weight value")
         ax.legend()
     axes[0][0].set_ylabel("estimated density")
+    fig.suptitle(title or "trained weights; dashed: each method's reconstruction levels")
     fig.tight_layout()
     return fig
 
 
+@_legible
 def dynamics_figure(panels: list[tuple[str, pd.DataFrame, float]], layer: str,
-                    max_epoch: float = 30):
+                    max_epoch: float = 30, title: str | None = None):
     """Figure 4: step size, input std and SQNR of one activation quantizer per run.
 
-    ``panels``: (title, dynamics DataFrame, warm-up epochs) per run."""
-    fig, axes = plt.subplots(3, len(panels), figsize=(4 * len(panels), 7.5), squeeze=False,
-                             sharex=True)
-    for col, (title, df, warmup) in enumerate(panels):
-        d = df[(df.layer == layer) & (df.epoch_float <= max_epoch)]
+    ``panels``: (title, dynamics DataFrame, warm-up epochs) per run. The grey band is the
+    warm-up; each column's heading says by how much the step moved over the plotted span, so a
+    change too small to see is still stated."""
+    columns = len(panels)
+    fig, axes = plt.subplots(3, columns, figsize=(min(2.6 * columns + 0.6, 10.5), 8.4),
+                             squeeze=False, sharex=True)
+    handles = {}
+    for col, (panel_title, df, warmup) in enumerate(panels):
+        d = df[(df.layer == layer) & (df.epoch_float <= max_epoch)] if len(df) else df
+        heading = textwrap.fill(panel_title, 26)
         for row, (key, label) in enumerate((("step_size", "step size"),
                                             ("input_std", "input std"),
                                             ("sqnr_db", "SQNR (dB)"))):
             ax = axes[row][col]
-            ax.plot(d.epoch_float, d[key], lw=1.5)
-            ax.ticklabel_format(axis="y", useOffset=False)
-            if key == "sqnr_db" and len(d):
-                ax.axhline(d.optimal_sqnr_db.iloc[0], ls="--", color="tab:orange",
-                           label="optimal SQNR")
-                ax.legend(fontsize=7)
             if warmup:
-                ax.axvspan(0, warmup, color="0.9")
+                handles["warm-up"] = ax.axvspan(0, warmup, color="0.88", lw=0)
             if col == 0:
                 ax.set_ylabel(label)
-        axes[0][col].set_title(title, fontsize=9)
+            if not len(d):
+                ax.text(0.5, 0.5, "no dynamics\nrecorded", ha="center", va="center",
+                        transform=ax.transAxes)
+                continue
+            ax.plot(d.epoch_float, d[key], lw=1.5, marker="." if len(d) < 40 else None)
+            if key == "step_size":
+                first, last = float(d[key].iloc[0]), float(d[key].iloc[-1])
+                change = 100 * (last - first) / first if first else float("nan")
+                heading += f"\nstep {change:+.2g}% over the run"
+            if key == "sqnr_db":
+                handles["optimal SQNR for a Gaussian input (Table 1)"] = ax.axhline(
+                    d.optimal_sqnr_db.iloc[0], ls="--", color="tab:orange")
+        axes[0][col].set_title(heading, fontsize=9)
         axes[-1][col].set_xlabel("epoch")
-    fig.suptitle(f"training dynamics of {layer}'s input quantizer", fontsize=10)
-    fig.tight_layout()
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="lower center",
+                   ncol=len(handles), frameon=False)
+    fig.suptitle(title or f"training dynamics of the input quantizer of {layer}")
+    fig.tight_layout(rect=(0, 0.04 if handles else 0, 1, 1))
     return fig
 
 
-def summary_chart(paper: pd.DataFrame, reproduced: pd.DataFrame | None = None):
+@_legible
+def summary_chart(paper: pd.DataFrame, reproduced: pd.DataFrame | None = None,
+                  title: str | None = None):
     """Figure-1-style: ImageNet ResNet-18 top-1 vs bit width per method (paper), plus any
     reproduced UniQ points."""
     d = paper[(paper.table.isin([2, 3])) & (paper.model == "resnet18")
               & (paper.method != "fp")]
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    others = itertools.cycle(plt.get_cmap("tab20").colors)  # a distinct colour per method
     for method, g in d.groupby("method"):
         g = g.drop_duplicates("weight_bits").sort_values("weight_bits")
         style = dict(lw=2.5, marker="o", color="tab:red") if method == "UniQ" else dict(
-            lw=1, marker=".", alpha=0.7)
+            lw=1, marker=".", alpha=0.8, color=next(others))
         ax.plot(g.weight_bits, g.value, label=method, **style)
     if reproduced is not None and len(reproduced):
         ax.plot(reproduced.bits, reproduced.top1, "*", ms=14, color="black",
@@ -171,15 +244,16 @@ def summary_chart(paper: pd.DataFrame, reproduced: pd.DataFrame | None = None):
     ax.set_xticks([1, 2, 3, 4])
     ax.set_xlabel("bits (weights / activations)")
     ax.set_ylabel("ImageNet top-1 (%)")
-    ax.set_title("ResNet-18 on ImageNet: UniQ vs prior methods (paper's numbers)")
-    ax.legend(fontsize=7, ncol=2)
+    ax.set_title(title or "ResNet-18 on ImageNet: UniQ vs prior methods (paper's numbers)")
+    ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
     return fig
 
 
+@_legible
 def training_curves(metrics: pd.DataFrame, title: str = ""):
     """Loss and top-1 per epoch of one run (its metrics.csv)."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     axes[0].plot(metrics.epoch + 1, metrics.train_loss, label="train")
     axes[0].plot(metrics.epoch + 1, metrics.test_loss, label="test")
     axes[0].set_ylabel("cross-entropy")

@@ -1,8 +1,10 @@
 """Run every notebook in order with papermill, into ``results/<profile>/``.
 
-Executed notebooks, tables (CSV + Markdown), figures (PNG) and ``provenance.json`` land in the
-results folder. A failing notebook is reported by name and cell; what was produced before stays;
-``keep_going`` runs the rest; the exit code is non-zero if any notebook failed.
+Executed notebooks, tables (CSV + Markdown), figures (PNG), ``provenance.json`` and an HTML
+report (``index.html``, with every notebook rendered under ``html/``) land in the results
+folder. A failing notebook is reported by name, the failing cell's index in the source notebook,
+its first line and the error; what was produced before stays; ``keep_going`` runs the rest; the
+exit code is non-zero if any notebook failed.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from importlib import metadata
 from pathlib import Path
 
 from .experiments import REPO, get_profile
+from .report import build_report
 
 NOTEBOOKS_DIR = REPO / "notebooks"
 PACKAGES = ("torch", "torchvision", "numpy", "scipy", "pandas", "matplotlib", "papermill",
@@ -84,12 +87,63 @@ def _device() -> dict:
     return info
 
 
-def _failure(nb: Path, err: Exception) -> dict:
-    cell = getattr(err, "exec_count", None)
-    index = getattr(err, "cell_index", None)
-    return {"notebook": nb.name, "cell_index": index, "execution_count": cell,
-            "error": f"{getattr(err, 'ename', type(err).__name__)}: "
-                     f"{getattr(err, 'evalue', str(err))}"}
+# cells papermill adds to the executed copy: the injected parameters, and on failure an error
+# banner at the top and an anchor just before the failing cell
+PAPERMILL_TAGS = {"injected-parameters", "papermill-error-cell-tag"}
+
+
+def _first_line(source: str) -> str:
+    lines = [line for line in source.splitlines() if line.strip()]
+    return lines[0].strip() if lines else ""
+
+
+def source_cell_index(executed: Path, since: float = 0.0) -> int | None:
+    """Index (from 0) in the SOURCE notebook of the cell that raised.
+
+    papermill's ``cell_index`` counts the cells of its in-memory copy, which has the injected
+    parameters cell, and the copy written to disk has two more (the error banner and anchor).
+    Walk the written copy, skip papermill's own cells, and find the cell that holds the error
+    output (or that papermill marked as raising). A copy older than ``since`` is a previous
+    run's and says nothing about this failure."""
+    if not executed.exists() or executed.stat().st_mtime < since:
+        return None
+    import nbformat
+
+    book = nbformat.read(executed, as_version=4)
+    index = 0
+    for cell in book.cells:
+        if PAPERMILL_TAGS & set(cell.metadata.get("tags", [])):
+            continue
+        failed = cell.metadata.get("papermill", {}).get("exception") is True or any(
+            o.get("output_type") == "error" for o in cell.get("outputs", []))
+        if failed and cell.cell_type == "code":
+            return index
+        index += 1
+    return None
+
+
+def _failure(nb: Path, executed: Path, err: Exception, since: float) -> dict:
+    source = getattr(err, "source", None)
+    error = f"{getattr(err, 'ename', type(err).__name__)}: {getattr(err, 'evalue', str(err))}"
+    index = source_cell_index(executed, since)
+    if source is None and index is not None:  # e.g. a dead kernel: read the cell's source
+        import nbformat
+
+        cells = nbformat.read(nb, as_version=4).cells
+        source = cells[index].source if index < len(cells) else ""
+    return {"notebook": nb.name, "cell_index": index,
+            "execution_count": getattr(err, "exec_count", None),
+            "first_line": _first_line(source or ""), "error": error.strip()}
+
+
+def _report_failure(f: dict, nb: Path, executed: Path) -> None:
+    where = (f"cell {f['cell_index']} (counting from 0) of {nb}" if f["cell_index"] is not None
+             else f"{nb} (the failing cell could not be identified)")
+    first = f"\n[reproduce]   the cell starts with: {f['first_line']}" if f["first_line"] else ""
+    print(f"[reproduce] FAILED {f['notebook']} at {where}, execution count "
+          f"{f['execution_count']}{first}\n[reproduce]   error: {f['error']}\n"
+          f"[reproduce]   the executed copy with the traceback is {executed}",
+          file=sys.stderr, flush=True)
 
 
 def reproduce(profile: str = "smoke", only: list[int] | None = None, keep_going: bool = False,
@@ -117,13 +171,9 @@ def reproduce(profile: str = "smoke", only: list[int] | None = None, keep_going:
                                        kernel_name="python3", cwd=str(nb.parent),
                                        progress_bar=False)
         except Exception as err:  # noqa: BLE001 - any failure is reported, then we go on or stop
-            failures.append(_failure(nb, err))
+            failures.append(_failure(nb, out / nb.name, err, since=t0 - 1))
             status[nb.name] = {"ok": False, "seconds": round(time.time() - t0, 1)}
-            f = failures[-1]
-            print(f"[reproduce] FAILED {f['notebook']} at cell {f['cell_index']} of the "
-                  f"executed copy (execution count {f['execution_count']}): {f['error']}\n"
-                  f"[reproduce] the executed copy with the traceback is {out / nb.name}",
-                  file=sys.stderr, flush=True)
+            _report_failure(failures[-1], nb, out / nb.name)
             if not keep_going:
                 break
             continue
@@ -138,6 +188,7 @@ def reproduce(profile: str = "smoke", only: list[int] | None = None, keep_going:
         "profile_settings": prof.__dict__,
         "dataset": prof.dataset,
         "caveat": prof.caveat(),
+        "comparable_to_paper": prof.comparable,
         "parameters": params,
         "seeds": {"training": 0, "note": "every run's seed is in its config.json"},
         "git": _git(),
@@ -152,5 +203,13 @@ def reproduce(profile: str = "smoke", only: list[int] | None = None, keep_going:
         "command": " ".join(sys.argv),
     }
     (out / "provenance.json").write_text(json.dumps(provenance, indent=2, default=str))
+    report_failed = False
+    try:
+        index = build_report(out, Path(notebooks_dir) if notebooks_dir else NOTEBOOKS_DIR)
+        print(f"[reproduce] report: {index} (open it in a browser)", flush=True)
+    except Exception as err:  # noqa: BLE001 - the notebooks' results stay; say what went wrong
+        report_failed = True
+        print(f"[reproduce] could not write the HTML report: {type(err).__name__}: {err}; "
+              f"retry with `python -m uniq.report {out}`", file=sys.stderr, flush=True)
     print(f"[reproduce] results in {out}; {len(failures)} notebook(s) failed", flush=True)
-    return 1 if failures else 0
+    return 1 if failures or report_failed else 0

@@ -1,0 +1,215 @@
+"""The HTML results report: built from a results folder, opens from the file system, offline."""
+
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import nbformat  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from uniq.report import beside_the_paper, build_report, column_guide  # noqa: E402
+
+
+class Links(HTMLParser):
+    """Every (tag, attribute, value) of href/src, and every id, of one page."""
+
+    def __init__(self):
+        super().__init__()
+        self.links, self.ids, self.tags = [], set(), []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        for name, value in attrs:
+            if name in ("href", "src") and value is not None:
+                self.links.append((tag, name, value))
+            if name == "id":
+                self.ids.add(value)
+
+
+def parse(page: Path) -> Links:
+    links = Links()
+    links.feed(page.read_text())
+    return links
+
+
+def check_page(page: Path, inside: Path) -> list[str]:
+    """Problems with one page: an external URL that a browser would fetch (script, style sheet,
+    image), a relative link whose file does not exist, an anchor with no target. Relative
+    links that leave ``inside`` (the results folder) are checked for existence too."""
+    links = parse(page)
+    problems = []
+    for tag, attr, value in links.links:
+        url = urlparse(value)
+        if url.scheme == "data":
+            continue
+        if url.scheme or value.startswith("//"):
+            if tag in ("script", "link", "img", "iframe") or "http" in value:
+                problems.append(f"{page.name}: external {tag} {attr}={value}")
+            continue
+        if not url.path:  # "#anchor" within the page
+            if url.fragment and url.fragment not in links.ids:
+                problems.append(f"{page.name}: no element with id {url.fragment!r}")
+            continue
+        target = (page.parent / unquote(url.path)).resolve()
+        if not target.exists():
+            problems.append(f"{page.name}: {attr}={value} -> {target} does not exist")
+    assert "script" not in links.tags or all(
+        a != "src" for t, a, _ in links.links if t == "script")
+    return problems
+
+
+def _executed_notebook(path: Path, markdown: str = "# 04. A notebook") -> None:
+    book = nbformat.v4.new_notebook()
+    code = nbformat.v4.new_code_cell("print('hello')\nfig")
+    code.outputs = [nbformat.v4.new_output("stream", name="stdout", text="hello\n"),
+                    nbformat.v4.new_output("display_data", data={
+                        "image/png": "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4"
+                                     "nGNgYGD4DwABBAEAcCBlCwAAAABJRU5ErkJggg==",
+                        "text/plain": "<Figure>"}),
+                    nbformat.v4.new_output("display_data", data={
+                        "text/html": "<table><tr><td>1</td></tr></table>",
+                        "text/plain": "df"})]
+    code.execution_count = 1
+    book.cells = [nbformat.v4.new_markdown_cell(markdown), code]
+    book.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                   "language": "python"}
+    nbformat.write(book, path)
+
+
+@pytest.fixture
+def results(tmp_path):
+    """A results folder as `reproduce` leaves it: a table in the save_table format, a figure,
+    an extra table, provenance and two executed notebooks (one with a link to the repo's docs)."""
+    out = tmp_path / "results" / "smoke"
+    out.mkdir(parents=True)
+    t4 = pd.DataFrame({"profile": ["smoke"] * 2, "method": ["LSQ", "UniQ"], "bits": ["2/2"] * 2,
+                       "paper_top1": [68.5, 69.3], "top1": [3.2, 4.1], "dataset": ["synthetic"] * 2,
+                       "run": ["a-1", "b-2"], "diff": [-65.3, -65.2],
+                       "comparable_to_paper": [False, False]})
+    t4.to_csv(out / "table4.csv", index=False)
+    (out / "table4.md").write_text("# Table 4: LSQ vs UniQ, ResNet-8 on generated data\n\n"
+                                   "> SMOKE PROFILE: not comparable\n\n" + t4.to_markdown())
+    pd.DataFrame({"x": [1.0]}).to_csv(out / "mse_monte_carlo.csv", index=False)
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0, 1])
+    fig.savefig(out / "figure3.png")
+    plt.close(fig)
+    (out / "provenance.json").write_text(json.dumps({
+        "profile": "smoke", "dataset": "synthetic", "caveat": "SMOKE PROFILE: generated data",
+        "comparable_to_paper": False, "git": {"commit": "0" * 40, "dirty": False},
+        "versions": {"torch": "2"}, "device": {"cuda_available": False},
+        "notebooks": {"04_table4_figure3.ipynb": {"ok": True, "seconds": 3.0},
+                      "05_table5.ipynb": {"ok": False, "seconds": 1.0}},
+        "failures": [{"notebook": "05_table5.ipynb", "cell_index": 3, "first_line": "t5 = 1",
+                      "error": "RuntimeError: boom <b>"}]}))
+    repo = tmp_path / "repo"
+    (repo / "docs").mkdir(parents=True)
+    (repo / "notebooks").mkdir()
+    (repo / "docs" / "fidelity.md").write_text("# fidelity\n")
+    _executed_notebook(out / "04_table4_figure3.ipynb",
+                       "# 04\nSee [the fidelity table](../docs/fidelity.md) and "
+                       "[Table 4](#04).")
+    _executed_notebook(out / "05_table5.ipynb")
+    return out, repo / "notebooks"
+
+
+def test_the_report_links_only_to_files_that_exist_and_fetches_nothing(results):
+    out, notebook_dir = results
+    index = build_report(out, notebook_dir)
+    assert index == out / "index.html"
+    pages = [index, *sorted((out / "html").glob("*.html"))]
+    assert [p.name for p in pages[1:]] == ["04_table4_figure3.html", "05_table5.html"]
+    problems = [p for page in pages for p in check_page(page, out)]
+    assert problems == []
+    targets = {v for _, _, v in parse(index).links}
+    assert {"table4.csv", "table4.md", "figure3.png", "provenance.json",
+            "html/04_table4_figure3.html", "html/05_table5.html"} <= targets
+    # the notebook's link to ../docs/fidelity.md, written for notebooks/, still finds the file
+    page = parse(out / "html" / "04_table4_figure3.html")
+    docs = [v for _, _, v in page.links if v.endswith("fidelity.md")]
+    assert docs and all((out / "html" / v).resolve() ==
+                        (notebook_dir.parent / "docs" / "fidelity.md").resolve() for v in docs)
+
+
+def test_the_report_shows_every_table_figure_caveat_and_failure(results):
+    out, notebook_dir = results
+    text = build_report(out, notebook_dir).read_text()
+    assert "Table 4: LSQ vs UniQ, ResNet-8 on generated data" in text
+    assert "SMOKE PROFILE: generated data" in text
+    assert '<img src="figure3.png"' in text and "mse_monte_carlo" in text
+    assert "RuntimeError: boom &lt;b&gt;" in text  # escaped, not markup
+    assert 'name="viewport"' in text and 'class="scroll"' in text
+    # every number of the CSV is on the page
+    for value in pd.read_csv(out / "table4.csv")[["paper_top1", "top1", "diff"]].to_numpy().ravel():
+        assert f"<td class=\"paper num\">{value:g}</td>" in text or f">{value:g}</td>" in text
+    for page in (out / "html").glob("*.html"):
+        body = page.read_text()
+        assert 'name="viewport"' in body and "data:image/png;base64," in body
+
+
+def test_paper_columns_sit_beside_the_reproduced_ones():
+    df = pd.DataFrame(columns=["profile", "bits", "paper_top1", "top1", "run", "diff",
+                               "step_w", "sqnr_w_db", "step_w_paper"])
+    assert list(beside_the_paper(df)) == ["profile", "bits", "top1", "paper_top1", "diff", "run",
+                                          "step_w", "step_w_paper", "sqnr_w_db"]
+
+
+def test_column_guide_explains_only_the_columns_a_table_has():
+    guide = column_guide(pd.DataFrame(columns=["top1", "paper_top1", "diff", "bits"]))
+    assert "`top1`" in guide and "`diff`" in guide and "comparable_to_paper" not in guide
+
+
+def test_a_missing_results_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="reproduce"):
+        build_report(tmp_path / "nothing")
+
+
+def test_reading_guides_follow_the_profile():
+    from uniq.experiments import PROFILES
+    from uniq.report import describe_setting, how_to_compare, model_and_data
+
+    smoke, quick, paper = PROFILES["smoke"], PROFILES["quick"], PROFILES["paper"]
+    assert model_and_data(smoke) == f"ResNet-{smoke.depth} on generated data"
+    assert model_and_data(paper) == "ResNet-32 on CIFAR-100"
+    assert f"{smoke.synthetic_train:,} training images" in describe_setting(smoke)
+    assert "not the numbers" in how_to_compare(smoke)
+    assert f"{quick.epochs} epochs per quantized run" in how_to_compare(quick)
+    assert "the paper's setting" in how_to_compare(paper)
+
+
+def test_figures_draw_without_warnings_and_titles_say_what_ran(recwarn):
+    """Figure 3 on a real converted model (its step is a parameter that requires grad) and
+    Figure 4 on a small dynamics table: no warning, the given titles, the warm-up length."""
+    import torch
+
+    import uniq
+    from uniq import plots
+    from uniq.models import preact_resnet
+    from uniq.train import TrainConfig
+
+    torch.manual_seed(0)
+    models = {name: uniq.quantize_model(preact_resnet(8), 2, method, weight_granularity="tensor",
+                                        init=0.1) for name, method in (("LSQ", "lsq"),
+                                                                       ("UniQ", "uniq"))}
+    layer = "blocks.0.conv1"
+    fig = plots.weight_histograms(models, [layer], title="trained 2-bit weights, X on Y")
+    assert fig._suptitle.get_text() == "trained 2-bit weights, X on Y"
+    plt.close(fig)
+
+    cfg = TrainConfig(bits=1, recipe="sgd-warmup5", warmup_epochs=0.25, dataset="synthetic")
+    title = plots.describe_run(cfg)
+    assert title.startswith("1-bit UniQ, SGD, 0.25-epoch warm-up at 0.001, then lr 0.01")
+    dynamics = pd.DataFrame({"layer": layer, "epoch_float": [0.0, 0.5, 1.0],
+                             "step_size": [1.0, 1.0001, 1.0002], "input_std": [1.0, 1.1, 1.2],
+                             "sqnr_db": [5.0, 5.5, 6.0], "optimal_sqnr_db": 5.5})
+    fig = plots.dynamics_figure([(title, dynamics, 0.25)], layer, title="dynamics")
+    heading = fig.axes[0].get_title()
+    assert "0.25-epoch" in heading and "+0.02% over the run" in heading
+    plt.close(fig)
+    assert [str(w.message) for w in recwarn] == []
