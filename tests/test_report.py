@@ -190,8 +190,8 @@ def test_figures_draw_without_warnings_and_titles_say_what_ran(recwarn):
 
     import uniq
     from uniq import plots
+    from uniq.cifar import CifarConfig
     from uniq.models import preact_resnet
-    from uniq.train import TrainConfig
 
     torch.manual_seed(0)
     models = {name: uniq.quantize_model(preact_resnet(8), 2, method, weight_granularity="tensor",
@@ -202,7 +202,7 @@ def test_figures_draw_without_warnings_and_titles_say_what_ran(recwarn):
     assert fig._suptitle.get_text() == "trained 2-bit weights, X on Y"
     plt.close(fig)
 
-    cfg = TrainConfig(bits=1, recipe="sgd-warmup5", warmup_epochs=0.25, dataset="synthetic")
+    cfg = CifarConfig(bits=1, recipe="sgd-warmup5", warmup_epochs=0.25, dataset="synthetic")
     title = plots.describe_run(cfg)
     assert title.startswith("1-bit UniQ, SGD, 0.25-epoch warm-up at 0.001, then lr 0.01")
     dynamics = pd.DataFrame({"layer": layer, "epoch_float": [0.0, 0.5, 1.0],

@@ -10,7 +10,7 @@ import nbformat
 import pandas as pd
 import pytest
 
-from uniq.mse import paper_tables
+from uniq.paper import paper_tables
 from uniq.reproduce import notebooks, reproduce
 
 REPO = Path(__file__).resolve().parent.parent

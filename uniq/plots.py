@@ -40,7 +40,7 @@ def _legible(make):
 def describe_run(config) -> str:
     """A run's setting in words, from its config: ``1-bit UniQ, SGD, 0.25-epoch warm-up at
     0.001, then lr 0.01 (cosine)``. Titles built from this say what was run, in any profile."""
-    recipe = config.get_recipe()
+    recipe = config.resolved().recipe_obj()
     what = "full precision" if config.bits >= 32 else (
         f"{config.bits}-bit {'LSQ' if config.method == 'lsq' else 'UniQ'}")
     optimizer = "SGD" if recipe.optimizer == "sgd" else "Adam"
@@ -255,10 +255,10 @@ def training_curves(metrics: pd.DataFrame, title: str = ""):
     """Loss and top-1 per epoch of one run (its metrics.csv)."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     axes[0].plot(metrics.epoch + 1, metrics.train_loss, label="train")
-    axes[0].plot(metrics.epoch + 1, metrics.test_loss, label="test")
+    axes[0].plot(metrics.epoch + 1, metrics.eval_loss, label="test")
     axes[0].set_ylabel("cross-entropy")
     axes[1].plot(metrics.epoch + 1, metrics.train_top1, label="train")
-    axes[1].plot(metrics.epoch + 1, metrics.test_top1, label="test")
+    axes[1].plot(metrics.epoch + 1, metrics.eval_top1, label="test")
     axes[1].set_ylabel("top-1 (%)")
     for ax in axes:
         ax.set_xlabel("epoch")

@@ -10,6 +10,7 @@ exit code is non-zero if any notebook failed.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -18,7 +19,8 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-from .experiments import REPO, get_profile
+from .experiments import get_profile
+from .paths import REPO, resolve_path
 from .report import build_report
 
 NOTEBOOKS_DIR = REPO / "notebooks"
@@ -153,14 +155,15 @@ def reproduce(profile: str = "smoke", only: list[int] | None = None, keep_going:
     import papermill
 
     prof = get_profile(profile)
-    out = Path(out_dir) if out_dir else REPO / "results" / profile
-    out = out if out.is_absolute() else Path.cwd() / out
+    out = resolve_path(out_dir or f"results/{profile}")
     out.mkdir(parents=True, exist_ok=True)
     chosen = select(notebooks(Path(notebooks_dir) if notebooks_dir else NOTEBOOKS_DIR), only)
     params = {"PROFILE": profile, "RESULTS_DIR": str(out), **(parameters or {})}
     for nb in chosen:
         check_parameters(nb, params)
 
+    # Notebooks run headless here: plain progress lines, not widgets nobody will see.
+    os.environ.setdefault("UNIQ_PROGRESS", "lines")
     started = datetime.now(timezone.utc).isoformat()
     status, failures = {}, []
     for nb in chosen:
