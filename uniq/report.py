@@ -26,7 +26,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .experiments import REPO, Profile
+from .experiments import Profile
+from .paths import REPO
 
 NOTEBOOKS_DIR = REPO / "notebooks"
 
