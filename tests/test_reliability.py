@@ -167,9 +167,8 @@ def test_a_truncated_checkpoint_names_the_file_and_fresh(tmp_path):
     (["table1", "--max-bits", "12"], "max-bits"),
 ])
 def test_cli_bad_input_is_one_clear_line(tmp_path, args, match):
-    out = uniq_cli(*args, "--runs-dir" if args[0] in ("train", "imagenet", "runs") else "",
-                   tmp_path if args[0] in ("train", "imagenet", "runs") else "",
-                   timeout=300)
+    where = ["--runs-dir", tmp_path] if args[0] in ("train", "imagenet", "runs") else []
+    out = uniq_cli(*args, *where, timeout=300)
     out_text = out.stderr
     assert out.returncode == 2, (args, out.stdout, out_text)
     assert match in out_text and "Traceback" not in out_text, out_text
