@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from .export import add_export_parser
 from .imagenet import add_imagenet_parser
 from .recipes import RECIPES
 
@@ -139,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     t1.add_argument("--max-bits", type=int, default=4)
     t1.set_defaults(func=cmd_table1)
     add_imagenet_parser(sub)
+    add_export_parser(sub)
     args = p.parse_args(argv)
     try:
         return args.func(args)
