@@ -3,6 +3,7 @@ against PyTorch with onnxruntime."""
 
 import dataclasses
 import json
+import os
 import sys
 
 import pytest
@@ -13,7 +14,7 @@ from torch import nn
 import uniq
 import uniq.integer as I
 from uniq.functional import lsq_range
-from uniq.models import preact_resnet
+from uniq.models import IMAGENET_MODELS, imagenet_model, preact_resnet
 from uniq.modules import QConv2d, QLinear, Quantizer
 
 onnx = pytest.importorskip("onnx", reason='the export extra: pip install "uniq[export]"')
@@ -160,6 +161,9 @@ def test_bitplane_conv_equals_the_integer_conv_exactly(bits, x_kind):
         w = random_codes(w_grid, (6, 4 // conv.get("groups", 1), 3, 3), bits)
         assert torch.equal(I.bitplane_conv2d(x, x_grid, w, w_grid, **conv),
                            I.integer_conv2d(x, w, **conv))
+        if x_kind != "twos-complement":  # every binary conv on packed bits (+-1 weight planes)
+            assert torch.equal(I.bitplane_conv2d(x, x_grid, w, w_grid, **conv, popcount=True),
+                               I.integer_conv2d(x, w, **conv))
     wl, xl = random_codes(w_grid, (5, 9), bits), random_codes(x_grid, (3, 9), bits)
     assert torch.equal(I.bitplane_linear(xl, x_grid, wl, w_grid), xl @ wl.t())
 
@@ -232,6 +236,21 @@ def test_a_converted_layer_is_scale_times_integer_accumulator(bits):
     assert checked_xnor == (len(layers) if bits == 1 else 0) and len(layers) > 0
 
 
+def test_grid_table_and_code_counts_of_a_converted_model():
+    model = converted(trained_like(), 2)
+    x = torch.randn(2, 3, 32, 32)
+    table = I.grid_table(model, x)
+    assert table.exact.all() and len(table) == 2 * len(I.integer_layers(model))
+    body = table[(table.layer == "blocks.0.conv1") & (table.tensor == "weight")].iloc[0]
+    assert body.codes == "-3, -1, 1, 3" and body.container == "int8"
+    first = table[(table.layer == "conv1") & (table.tensor == "input")].iloc[0]
+    assert first.grid == "symmetric" and first.container == "int32"  # 8-bit odd codes
+    counts = I.code_counts(model, "blocks.0.conv1", x)
+    weights = counts[counts.tensor == "weight"]
+    assert weights.code.tolist() == [-3, -1, 1, 3]
+    assert weights["count"].sum() == model.blocks[0].conv1.weight.numel()
+
+
 def test_model_size_counts_packed_bits():
     fp = trained_like()
     floats = sum(t.numel() for t in list(fp.parameters()) + list(fp.buffers())
@@ -247,6 +266,8 @@ def test_model_size_counts_packed_bits():
         assert size["scales"] == 4 * steps
         assert size["quantized"] == packed + 4 * steps + 4 * floats - 4 * sum(
             m.weight.numel() for m in quantized)
+    table = I.size_table(fp, [1, 2], torch.randn(1, 3, 32, 32))
+    assert table.bits.tolist() == [1, 2] and (table.ratio > 1).all()
 
 
 # --- ONNX export and onnxruntime parity -------------------------------------------------------
@@ -327,6 +348,22 @@ def test_imagenet_run_loads_exports_and_onnxruntime_agrees(arch, tmp_path):
     assert uniq.conversion_report(model).signed_input.any()  # odd-code inputs are exercised
     path = E.export_onnx(model, tmp_path / "m.onnx", torch.randn(1, 3, 32, 32))
     assert_parity(model, path, torch.randn(2, 3, 32, 32))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("UNIQ_EXPORT_ALL"),
+                    reason="UNIQ_EXPORT_ALL=1 runs every ImageNet model at 1-4 bits (minutes)")
+@pytest.mark.parametrize("bits", [1, 2, 3, 4])
+@pytest.mark.parametrize("arch", IMAGENET_MODELS)
+def test_every_imagenet_model_at_every_bit_width(arch, bits, tmp_path):
+    from uniq.imagenet import adaptive_pooling
+
+    torch.manual_seed(0)
+    model = adaptive_pooling(imagenet_model(arch))
+    granularity = "tensor" if arch.startswith("mobilenet") else "channel"
+    model = converted(model, bits, "uniq", granularity, x=torch.randn(4, 3, 64, 64), init="lsq")
+    path = E.export_onnx(model, tmp_path / "m.onnx", torch.randn(1, 3, 64, 64))
+    assert_parity(model, path, torch.randn(4, 3, 64, 64))
 
 
 # --- bad input and the command line -----------------------------------------------------------

@@ -601,6 +601,30 @@ def run_input_size(run_dir: str | Path) -> int:
     return int(cfg.get("image_size", 32))
 
 
+def load_run_batch(run_dir: str | Path, n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` test images of a CIFAR run's dataset, normalised as in training, and
+    their labels (the synthetic set is generated from the run's seed)."""
+    from .data import load_dataset, normalize
+
+    cfg = json.loads((Path(run_dir) / "config.json").read_text())["config"]
+    if "arch" in cfg:
+        raise ValueError(f"{run_dir} is an ImageNet run; load its validation images yourself")
+    data = load_dataset(cfg["dataset"], False, cfg["data_dir"], cfg["seed"],
+                        (cfg["synthetic_train"], cfg["synthetic_test"]), download=False)
+    return normalize(data.images[:n], data.mean, data.std), data.labels[:n]
+
+
+def onnx_summary(path: str | Path) -> dict[str, Any]:
+    """What an exported file holds: size, opset, versions, and how many nodes of each kind."""
+    onnx, ort = require("onnx"), require("onnxruntime")
+    proto = onnx.load(str(path))
+    ops: dict[str, int] = {}
+    for node in proto.graph.node:
+        ops[node.op_type] = ops.get(node.op_type, 0) + 1
+    return {"file_bytes": Path(path).stat().st_size, "opset": proto.opset_import[0].version,
+            "onnx": onnx.__version__, "onnxruntime": ort.__version__, "ops": ops}
+
+
 def cmd_export(a: argparse.Namespace) -> int:
     try:
         require("onnx"), require("onnxruntime")
@@ -640,4 +664,5 @@ def add_export_parser(subparsers) -> argparse.ArgumentParser:
 
 
 __all__ = ["OPSET", "build_onnx", "export_onnx", "check_exportable", "onnx_session",
-           "check_parity", "measure_latency", "load_run_model", "add_export_parser"]
+           "check_parity", "measure_latency", "load_run_model", "load_run_batch",
+           "onnx_summary", "add_export_parser"]

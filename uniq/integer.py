@@ -252,17 +252,33 @@ def from_bit_planes(planes: torch.Tensor, weights: torch.Tensor) -> torch.Tensor
 
 
 def bitplane_conv2d(x_codes: torch.Tensor, x_grid: IntegerGrid, w_codes: torch.Tensor,
-                    w_grid: IntegerGrid, stride=1, padding=0, dilation=1,
-                    groups: int = 1) -> torch.Tensor:
+                    w_grid: IntegerGrid, stride=1, padding=0, dilation=1, groups: int = 1,
+                    popcount: bool = False) -> torch.Tensor:
     """The integer convolution as ``sum_ij 2^i 2^j conv(x_plane_j, w_plane_i)``: ``bits_w x
     bits_x`` binary convolutions (int64). Zero padding is applied to every plane, which equals
-    padding the codes because the convolution is linear."""
+    padding the codes because the convolution is linear.
+
+    ``popcount=True`` evaluates every binary convolution on packed bits with
+    ``xnor_popcount_conv2d``. That needs UniQ's symmetric weights, whose planes are +-1 (a
+    true binary layer each); LSQ's two's-complement planes are 0/1 with a negative top plane.
+    """
     xp, xw = bit_planes(x_codes, x_grid)
     wp, ww = bit_planes(w_codes, w_grid)
+    if popcount and w_grid.kind != "symmetric":
+        raise ValueError("popcount=True needs symmetric (UniQ) weight codes, whose bit planes "
+                         "are +-1")
+    x_plane_kind = "symmetric" if x_grid.kind == "symmetric" else "unsigned"
+    conv = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
     out = None
     for i in range(len(ww)):
         for j in range(len(xw)):
-            term = ww[i] * xw[j] * integer_conv2d(xp[j], wp[i], stride, padding, dilation, groups)
+            if popcount:
+                binary = xnor_popcount_conv2d(
+                    xp[j], IntegerGrid(x_grid.method, 1, x_plane_kind, x_grid.step), wp[i],
+                    IntegerGrid(w_grid.method, 1, "symmetric", w_grid.step), **conv)
+            else:
+                binary = integer_conv2d(xp[j], wp[i], **conv)
+            term = ww[i] * xw[j] * binary
             out = term if out is None else out + term
     return out
 
@@ -324,6 +340,80 @@ def xnor_popcount_conv2d(x_codes: torch.Tensor, x_grid: IntegerGrid, w_codes: to
     return out.permute(0, 1, 3, 2).reshape(x_codes.shape[0], cout, ho, wo)
 
 
+# --- a model's quantizers as tables ----------------------------------------------------------
+
+
+@torch.no_grad()
+def layer_inputs(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The input of every quantized layer for one batch (eval mode; the model is unchanged)."""
+    seen: dict[str, torch.Tensor] = {}
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (QConv2d, QLinear))]
+    hooks = [m.register_forward_pre_hook(lambda _m, a, n=n: seen.__setitem__(n, a[0]))
+             for n, m in layers]
+    was_training = model.training
+    try:
+        model.eval()(x)
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def _codes_text(grid: IntegerGrid) -> str:
+    codes = grid.codes().tolist()
+    return ", ".join(map(str, codes)) if len(codes) <= 8 else f"{codes[0]}, ..., {codes[-1]}"
+
+
+def _scale_text(grid: IntegerGrid) -> str:
+    s = grid.scale.flatten()
+    return f"{s.item():.4g}" if s.numel() == 1 else f"{s.min():.4g} .. {s.max():.4g} ({s.numel()})"
+
+
+@torch.no_grad()
+def grid_table(model: nn.Module, x: torch.Tensor):
+    """One row per quantizer of a converted, calibrated model: its integer grid (codes, scale,
+    container) and whether ``from_codes(to_codes(t)) == quantizer(t)`` bit for bit on its
+    tensor (the weight, or the layer's input for batch ``x``)."""
+    import pandas as pd
+
+    inputs = layer_inputs(model, x)
+    rows = []
+    for name, layer in integer_layers(model).items():
+        m = model.get_submodule(name)
+        for what, grid, q, t in (("weight", layer.weight_grid, m.weight_quantizer, m.weight),
+                                 ("input", layer.input_grid, m.act_quantizer, inputs.get(name))):
+            if grid is None or t is None:
+                continue
+            codes = to_codes(t, grid)
+            rows.append({
+                "layer": name, "tensor": what, "method": grid.method, "bits": grid.bits,
+                "grid": grid.kind, "codes": _codes_text(grid), "scale": _scale_text(grid),
+                "container": str(grid.container).replace("torch.", ""),
+                "codes_used": int(codes.unique().numel()),
+                "exact": bool(torch.equal(from_codes(codes, grid), q(t))),
+            })
+    return pd.DataFrame(rows)
+
+
+def code_counts(model: nn.Module, name: str, x: torch.Tensor):
+    """How often each code of layer ``name``'s weight and input grids occurs (batch ``x``)."""
+    import pandas as pd
+
+    layer = integer_layers(model)[name]
+    tensors = {"weight": (layer.weight_codes, layer.weight_grid),
+               "input": (to_codes(layer_inputs(model, x)[name], layer.input_grid),
+                         layer.input_grid)}
+    frames = []
+    for what, (codes, grid) in tensors.items():
+        every = grid.codes()
+        counts = (codes.reshape(-1, 1) == every.reshape(1, -1)).sum(0)
+        frames.append(pd.DataFrame({"tensor": what, "code": every.tolist(),
+                                    "value": (every.float() * grid.scale.flatten()[0]).tolist(),
+                                    "count": counts.tolist()}))
+    return pd.concat(frames, ignore_index=True)
+
+
 # --- model size -----------------------------------------------------------------------------
 
 
@@ -356,8 +446,26 @@ def model_size_bytes(model: nn.Module) -> dict[str, int]:
     return size
 
 
+def size_table(fp_model: nn.Module, bits: list[int], example_input: torch.Tensor, **convert):
+    """``model_size_bytes`` of ``fp_model`` converted at each bit width (the paper's layer
+    policy; ``convert`` goes to ``uniq.quantize_model``), against float32."""
+    import pandas as pd
+
+    from .convert import quantize_model
+
+    init = convert.pop("init", 0.1)  # sizes do not depend on the steps: skip the MSE search
+    rows = []
+    for b in bits:
+        converted = quantize_model(fp_model, b, init=init, example_input=example_input,
+                                   **convert)
+        size = model_size_bytes(converted)
+        rows.append({"bits": b, **size, "ratio": size["float32"] / size["quantized"]})
+    return pd.DataFrame(rows)
+
+
 __all__ = [
     "IntegerGrid", "integer_grid", "to_codes", "from_codes", "IntegerLayer", "integer_layer",
     "integer_layers", "integer_conv2d", "bit_planes", "from_bit_planes", "bitplane_conv2d",
-    "bitplane_linear", "pack_bits", "popcount", "xnor_popcount_conv2d", "model_size_bytes",
+    "bitplane_linear", "pack_bits", "popcount", "xnor_popcount_conv2d", "layer_inputs",
+    "grid_table", "code_counts", "model_size_bytes", "size_table",
 ]
