@@ -2,6 +2,7 @@
 against PyTorch with onnxruntime."""
 
 import dataclasses
+import importlib.util
 import json
 import os
 import sys
@@ -13,13 +14,14 @@ from torch import nn
 
 import uniq
 import uniq.integer as I
+from uniq import export as E
 from uniq.functional import lsq_range
 from uniq.models import IMAGENET_MODELS, imagenet_model, preact_resnet
 from uniq.modules import QConv2d, QLinear, Quantizer
 
-onnx = pytest.importorskip("onnx", reason='the export extra: pip install "uniq[export]"')
-pytest.importorskip("onnxruntime", reason='the export extra: pip install "uniq[export]"')
-from uniq import export as E  # noqa: E402
+needs_onnx = pytest.mark.skipif(
+    importlib.util.find_spec("onnx") is None or importlib.util.find_spec("onnxruntime") is None,
+    reason='needs the export extra: pip install "uniq[export]"')
 
 KINDS = [("uniq", True), ("uniq", False), ("lsq", True), ("lsq", False)]
 
@@ -287,6 +289,8 @@ def assert_parity(model, path, x):
 
 
 def graph_facts(path):
+    import onnx
+
     model = onnx.load(str(path))
     inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
     weights = {n.input[0]: inits[n.input[0]] for n in model.graph.node
@@ -297,6 +301,7 @@ def graph_facts(path):
     return model, weights, zero_points, ops
 
 
+@needs_onnx
 @pytest.mark.parametrize("bits", [1, 2, 3, 4])
 def test_cifar_resnet_exports_and_onnxruntime_agrees(bits, tmp_path):
     model = converted(trained_like(), bits)
@@ -315,8 +320,7 @@ def test_cifar_resnet_exports_and_onnxruntime_agrees(bits, tmp_path):
         assert all(m.weight_quantizer is None for n, m in model.named_modules()
                    if getattr(m, "role", "body") != "body")
     assert ops.count("QuantizeLinear") + ops.count("Cast") == len(layers)
-
-
+@needs_onnx
 def test_lsq_exports_twos_complement_codes(tmp_path):
     model = converted(trained_like(), 2, "lsq")
     path = E.export_onnx(model, tmp_path / "lsq.onnx", torch.randn(1, 3, 32, 32))
@@ -337,8 +341,7 @@ def imagenet_run_dir(tmp_path, arch, bits):
         if isinstance(m, nn.BatchNorm2d):
             m.running_mean.normal_(0, 0.1)
             m.running_var.uniform_(0.5, 2.0)
-    x = torch.randn(8, 3, 32, 32)
-    uniq.calibrate(model, [x], 1)
+    uniq.calibrate(model, [torch.randn(2, 3, 32, 32)], 1)
     run = tmp_path / f"{arch}-{bits}"
     run.mkdir()
     (run / "config.json").write_text(json.dumps({"config": dataclasses.asdict(cfg)}))
@@ -346,6 +349,7 @@ def imagenet_run_dir(tmp_path, arch, bits):
     return run
 
 
+@needs_onnx
 @pytest.mark.parametrize("arch", ["mobilenetv2_w1"])
 def test_imagenet_run_loads_exports_and_onnxruntime_agrees(arch, tmp_path):
     run = imagenet_run_dir(tmp_path, arch, 2)
@@ -358,6 +362,7 @@ def test_imagenet_run_loads_exports_and_onnxruntime_agrees(arch, tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("UNIQ_EXPORT_ALL"),
                     reason="UNIQ_EXPORT_ALL=1 runs every ImageNet model at 1-4 bits (minutes)")
+@needs_onnx
 @pytest.mark.parametrize("bits", [1, 2, 3, 4])
 @pytest.mark.parametrize("arch", IMAGENET_MODELS)
 def test_every_imagenet_model_at_every_bit_width(arch, bits, tmp_path):
@@ -385,6 +390,7 @@ class WithGroupNorm(nn.Module):
         return self.fc(self.norm(self.conv(x)).mean((2, 3)))
 
 
+@needs_onnx
 def test_bad_models_give_clear_errors_and_write_nothing(tmp_path):
     out = tmp_path / "m.onnx"
     x = torch.randn(2, 3, 32, 32)
@@ -420,8 +426,7 @@ def cifar_run_dir(tmp_path, bits=2):
     (run / "summary.json").write_text(json.dumps({"num_classes": 10, "final_test_top1": 0.0}))
     torch.save(model.state_dict(), run / "model.pt")
     return run
-
-
+@needs_onnx
 def test_cli_exports_a_cifar_run_and_refuses_bad_run_dirs(tmp_path, capsys):
     from uniq.__main__ import main
 

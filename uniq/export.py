@@ -252,7 +252,7 @@ class _Converter:
         if isinstance(m, nn.Hardtanh):  # ReLU6 is Hardtanh(0, 6)
             return g.node("Clip", [x, g.const(m.min_val, f"{base}_min"),
                                    g.const(m.max_val, f"{base}_max")], base)
-        if isinstance(m, (nn.Identity, nn.Dropout)):
+        if isinstance(m, (nn.Identity, nn.modules.dropout._DropoutNd)):
             return x
         if isinstance(m, nn.Flatten):
             return self.flatten(node, x, m.start_dim, m.end_dim, base)
@@ -447,14 +447,19 @@ def _version() -> str:
 # --- onnxruntime ----------------------------------------------------------------------------
 
 
-def onnx_session(path: str | Path, threads: int | None = None):
-    """An onnxruntime CPU session for an exported file (``threads``: intra-op threads)."""
+def onnx_session(path: str | Path | bytes, threads: int | None = None, spin: bool = True):
+    """An onnxruntime CPU session for an exported file or serialized model. ``threads``:
+    intra-op threads (default: onnxruntime's choice); ``spin=False`` stops idle threads from
+    busy-waiting (a correctness check needs no speed; a latency measurement keeps the default)."""
     ort = require("onnxruntime")
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: shape-merge notes are not problems
     if threads:
         options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    model = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 @torch.no_grad()
@@ -476,29 +481,26 @@ def check_parity(model: nn.Module, path: str | Path, x: torch.Tensor, rtol: floa
     counts the codes where PyTorch's own quantizer, in the forced run, disagreed with
     onnxruntime's: the ties, each one layer's float rounding on its own.
     """
-    onnx, ort = require("onnx"), require("onnxruntime")
+    onnx = require("onnx")
     proto = onnx.load(str(path))
     props = {p.key: p.value for p in proto.metadata_props}
     if "uniq.input_taps" not in props:
         raise ValueError(f"{path} was not written by uniq.export (no uniq.input_taps metadata)")
     taps: dict[str, str] = json.loads(props["uniq.input_taps"])
     feed = {INPUT_NAME: x.detach().cpu().float().numpy()}
-    free = onnx_session(path).run(None, feed)[0]
+    free = onnx_session(path, threads=1, spin=False).run(None, feed)[0]
     for name in taps.values():
         proto.graph.output.append(onnx.helper.make_tensor_value_info(
             name, onnx.TensorProto.FLOAT, None))
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    tapped_session = ort.InferenceSession(proto.SerializeToString(), options,
-                                          providers=["CPUExecutionProvider"])
-    outs = tapped_session.run(None, feed)
-    tapped = dict(zip(taps, outs[1:], strict=True))
+    tapped = onnx_session(proto.SerializeToString(), threads=1, spin=False)
+    outs = tapped.run(None, feed)
+    tapped_codes = dict(zip(taps, outs[1:], strict=True))
 
     differing: dict[str, int] = {}
 
     def force(layer: str):
         def hook(_module, _inputs, output):
-            theirs = torch.from_numpy(tapped[layer]).to(output.dtype)
+            theirs = torch.from_numpy(tapped_codes[layer]).to(output.dtype)
             differing[layer] = int((output != theirs).sum())
             return theirs
         return hook
@@ -526,7 +528,7 @@ def check_parity(model: nn.Module, path: str | Path, x: torch.Tensor, rtol: floa
         "allclose": bool(np.allclose(outs[0], forced, rtol=rtol, atol=atol * scale)),
         "top1_agree_forced": float((outs[0].argmax(1) == forced.argmax(1)).mean()),
         "codes_differing": int(sum(differing.values())),
-        "codes_total": int(sum(v.size for v in tapped.values())),
+        "codes_total": int(sum(v.size for v in tapped_codes.values())),
         "onnxruntime_logits": free,
         "torch_logits": reference,
     }
