@@ -539,7 +539,8 @@ def measure_latency(model: nn.Module, path: str | Path, x: torch.Tensor, repeats
     """Median wall time (ms) of one forward pass, PyTorch (fake quantization, eval mode, no
     grad) against onnxruntime (the QDQ file), both on the CPU with the same thread count, after
     two warm-up runs each. A measurement, nothing more: QDQ nodes before float convolutions run
-    as float kernels plus extra quantize/dequantize work unless a runtime fuses them."""
+    as float kernels plus extra quantize/dequantize work unless a runtime fuses them. The
+    machine's load average is returned too: on a busy machine multi-threaded timings suffer."""
     threads = threads or torch.get_num_threads()
     session = onnx_session(path, threads)
     feed = {INPUT_NAME: x.numpy()}
@@ -566,7 +567,8 @@ def measure_latency(model: nn.Module, path: str | Path, x: torch.Tensor, repeats
         torch.set_num_threads(previous)
         model.train(was_training)
     return {"batch": int(x.shape[0]), "threads": threads, "torch_ms": torch_ms,
-            "onnxruntime_ms": ort_ms}
+            "onnxruntime_ms": ort_ms, "cpus": os.cpu_count(),
+            "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
 
 
 # --- run directories and the command line ---------------------------------------------------
