@@ -328,6 +328,9 @@ def test_lsq_exports_twos_complement_codes(tmp_path):
     _, weights, _, _ = graph_facts(path)
     body = weights["blocks_0_conv1_weight_codes"]
     assert body.dtype.name == "int8" and set(body.flatten().tolist()) <= {-2, -1, 0, 1}
+    summary = E.onnx_summary(path)
+    assert summary["opset"] == E.OPSET and summary["ops"]["DequantizeLinear"] == 2 * 9 + 2
+    assert summary["onnxruntime_ops"]["Conv"] == summary["ops"]["Conv"]
 
 
 def imagenet_run_dir(tmp_path, arch, bits):

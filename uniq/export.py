@@ -622,15 +622,29 @@ def load_run_batch(run_dir: str | Path, n: int = 64) -> tuple[torch.Tensor, torc
     return normalize(data.images[:n], data.mean, data.std), data.labels[:n]
 
 
-def onnx_summary(path: str | Path) -> dict[str, Any]:
-    """What an exported file holds: size, opset, versions, and how many nodes of each kind."""
-    onnx, ort = require("onnx"), require("onnxruntime")
-    proto = onnx.load(str(path))
+def _op_counts(proto) -> dict[str, int]:
     ops: dict[str, int] = {}
     for node in proto.graph.node:
-        ops[node.op_type] = ops.get(node.op_type, 0) + 1
+        name = f"{node.domain}.{node.op_type}" if node.domain else node.op_type
+        ops[name] = ops.get(name, 0) + 1
+    return ops
+
+
+def onnx_summary(path: str | Path) -> dict[str, Any]:
+    """What an exported file holds: size, opset, versions, how many nodes of each kind, and
+    how many of each kind onnxruntime actually runs after its own graph optimisation (which
+    shows whether it fused anything into integer kernels)."""
+    onnx, ort = require("onnx"), require("onnxruntime")
+    proto = onnx.load(str(path))
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.optimized_model_filepath = os.path.join(tmp, "optimized.onnx")
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        optimized = onnx.load(options.optimized_model_filepath)
     return {"file_bytes": Path(path).stat().st_size, "opset": proto.opset_import[0].version,
-            "onnx": onnx.__version__, "onnxruntime": ort.__version__, "ops": ops}
+            "onnx": onnx.__version__, "onnxruntime": ort.__version__, "ops": _op_counts(proto),
+            "onnxruntime_ops": _op_counts(optimized)}
 
 
 def cmd_export(a: argparse.Namespace) -> int:
