@@ -26,6 +26,16 @@ needs_onnx = pytest.mark.skipif(
 KINDS = [("uniq", True), ("uniq", False), ("lsq", True), ("lsq", False)]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small tensors: a second intra-op thread only spins, and on a shared, busy CPU the
+    spinning made this file several times slower. The results do not depend on it."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def calibrated_quantizer(bits, method, signed, x, channels=None, ndim=4):
     q = Quantizer(bits, signed=signed, method=method, channels=channels, ndim=ndim)
     q.init_from(x)
