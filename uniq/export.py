@@ -404,7 +404,8 @@ def build_onnx(model: nn.Module, example_input: torch.Tensor, opset: int = OPSET
     was_training = model.training
     model.eval()
     try:
-        converter = _Converter(model, example_input.detach().cpu()[:1])
+        device = next(model.parameters()).device  # the trace runs where the model lives
+        converter = _Converter(model, example_input.detach()[:1].to(device))
         nodes, inits, inputs, outputs = converter.convert()
     finally:
         model.train(was_training)
@@ -500,19 +501,20 @@ def check_parity(model: nn.Module, path: str | Path, x: torch.Tensor, rtol: floa
 
     def force(layer: str):
         def hook(_module, _inputs, output):
-            theirs = torch.from_numpy(tapped_codes[layer]).to(output.dtype)
+            theirs = torch.from_numpy(tapped_codes[layer]).to(output.device, output.dtype)
             differing[layer] = int((output != theirs).sum())
             return theirs
         return hook
 
     was_training = model.training
     model.eval()
+    x = x.to(next(model.parameters()).device)
     try:
-        reference = model(x).float().numpy()
+        reference = model(x).float().cpu().numpy()
         modules = dict(model.named_modules())
         handles = [modules[n].act_quantizer.register_forward_hook(force(n)) for n in taps]
         try:
-            forced = model(x).float().numpy()
+            forced = model(x).float().cpu().numpy()
         finally:
             for h in handles:
                 h.remove()
