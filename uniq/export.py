@@ -400,6 +400,8 @@ def build_onnx(model: nn.Module, example_input: torch.Tensor, opset: int = OPSET
     ``onnx.checker``. ``example_input`` fixes the channels and is used to trace shapes; the
     batch and spatial sizes stay dynamic."""
     onnx = require("onnx")
+    if opset < OPSET:
+        raise ValueError(f"opset {opset} is too old: per-channel DequantizeLinear needs >= 13")
     check_exportable(model)
     was_training = model.training
     model.eval()
@@ -412,7 +414,8 @@ def build_onnx(model: nn.Module, example_input: torch.Tensor, opset: int = OPSET
     graph = onnx.helper.make_graph(nodes, "uniq_qdq", inputs, outputs, initializer=inits)
     proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)],
                                    producer_name="uniq", producer_version=_version())
-    proto.ir_version = min(proto.ir_version, 8)  # opset 13 needs no newer IR; older runtimes
+    if opset <= 15:  # IR 8 covers these opsets and is read by older runtimes too
+        proto.ir_version = min(proto.ir_version, 8)
     grids = {n: _describe(integer_grid(q, n)) for n, q in quantizers(model)}
     onnx.helper.set_model_props(proto, {"uniq.quantizers": json.dumps(grids),
                                         "uniq.input_taps": json.dumps(converter.taps)})
