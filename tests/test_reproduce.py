@@ -79,7 +79,7 @@ def test_provenance_is_complete(smoke):
         assert p["versions"][pkg]
     assert "cuda_available" in p["device"] and p["parameters"]["PROFILE"] == "smoke"
     assert p["seeds"] and p["failures"] == []
-    assert all(v["ok"] for v in p["notebooks"].values()) and len(p["notebooks"]) == 8
+    assert all(v["ok"] for v in p["notebooks"].values()) and len(p["notebooks"]) == len(notebooks())
     assert "04_table4_figure3" in p["notebook_records"]
 
 

@@ -198,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     t1 = sub.add_parser("table1", help="print Table 1 computed from Eq. 7/8")
     t1.add_argument("--max-bits", type=int, default=4)
     t1.set_defaults(func=cmd_table1)
+    from .export import add_export_parser
+
+    add_export_parser(sub)
     return p
 
 
