@@ -48,6 +48,29 @@ def test_every_table_has_its_rows_and_columns(smoke):
         assert "NOT comparable" in (out / f"table{table}.md").read_text()
     t5 = pd.read_csv(out / "table5.csv")
     assert sorted(t5.init.astype(str).unique()) == ["0.1", "0.2", "LSQ", "MSE"]
+    # every seed's value is kept; the table shows mean, sd, n and the interval of the diff
+    seeds = pd.read_csv(out / "table4_seeds.csv")
+    assert len(seeds) == 1 + 7 * 2 and set(seeds.seed) == {0, 1}
+    t4 = pd.read_csv(out / "table4.csv")
+    assert {"n", "top1_final", "top1_final_sd", "top1_best", "diff_ci_low", "diff_ci_high",
+            "diff_uses", "precision"} <= set(t4.columns)
+    assert (t4[t4.method != "FP"].n == 2).all() and (t4.precision == "fp32").all()
+    assert t4[t4.method != "FP"].diff_ci_low.notna().all()
+
+
+def test_the_claims_table_has_a_verdict_for_every_claim(smoke):
+    from uniq.claims import load_claims
+
+    _, out = smoke
+    claims = pd.read_csv(out / "claims.csv")
+    assert len(claims) == len(load_claims())
+    verdicts = claims.verdict.str.split(" ").str[0]
+    assert set(verdicts) <= {"holds", "contradicted", "inconclusive", "not"}
+    cifar = claims[~claims.a.str.startswith("t2/")]
+    assert (cifar.n_a == 2).all() and not (verdicts[cifar.index] == "not").any()
+    assert (claims[claims.a.str.startswith("t2/")].verdict == "not run").all()
+    assert not claims.comparable_to_paper.any()
+    assert (out / "claims.png").stat().st_size > 10_000
 
 
 def test_table1_in_the_results_matches_the_paper(smoke):
