@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import cli_args, env
-from PIL import Image
 
 import uniq.engine as E
 import uniq.imagenet as I
@@ -19,15 +18,7 @@ from uniq.paper import imagenet_tables
 
 
 def make_image_folder(root: Path, classes=4, train=8, val=2, size=40):
-    g = torch.Generator().manual_seed(0)
-    for split, n in (("train", train), ("val", val)):
-        for c in range(classes):
-            d = root / split / f"n{c:08d}"
-            d.mkdir(parents=True)
-            for i in range(n):
-                px = (torch.rand(size, size, 3, generator=g) * 60 + c * 50).to(torch.uint8)
-                Image.fromarray(px.numpy()).save(d / f"img_{i}.png")
-    return root
+    return I.generated_folder(root, classes, train, val, size)
 
 
 @pytest.fixture(scope="module")

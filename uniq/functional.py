@@ -28,6 +28,7 @@ host sync (positive step, finite input) run only for CPU tensors outside ``torch
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import numbers
 
@@ -57,9 +58,26 @@ class QuantizerInputError(ValueError):
     """A step that is not positive or an input that is not finite (checked on CPU tensors)."""
 
 
+_VALUE_CHECKS = [True]
+
+
+@contextlib.contextmanager
+def value_checks(enabled: bool):
+    """Switch the value checks (positive step, finite input) on or off. The training engine runs
+    with them off on every device, as CUDA and compiled code always do: a step that an
+    optimizer pushes through zero is then held at ``MIN_STEP`` by the guard and can recover,
+    the same on a CPU as on a GPU, and divergence is judged from the loss and the weights."""
+    old = _VALUE_CHECKS[0]
+    _VALUE_CHECKS[0] = enabled
+    try:
+        yield
+    finally:
+        _VALUE_CHECKS[0] = old
+
+
 def _values_checkable(t: torch.Tensor) -> bool:
     # Reading a CPU tensor costs no device sync; CUDA tensors and compiled graphs are left alone.
-    return t.device.type == "cpu" and not torch.compiler.is_compiling()
+    return _VALUE_CHECKS[0] and t.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
 def _check_inputs(x: torch.Tensor, step: torch.Tensor | float, name: str) -> torch.Tensor:
