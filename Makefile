@@ -3,10 +3,12 @@
 #   make test        the test suite
 # Both first create or refresh .venv from requirements.lock (seconds when it is current).
 # PYTHON picks the interpreter that builds .venv (3.10 or newer): make PYTHON=python3.11 test
+# Extra arguments: make test PYTEST_ARGS=tests/test_data.py, make reproduce REPRODUCE_ARGS='--only 2'
 PYTHON ?= python3
 VENV ?= .venv
 VENV_PYTHON = $(VENV)/bin/python
 PYTEST_ARGS ?=
+REPRODUCE_ARGS ?=
 export MPLBACKEND ?= Agg
 
 .PHONY: venv reproduce reproduce-quick reproduce-paper test lint lock install clean-venv benchmark
@@ -18,13 +20,13 @@ venv:               ## create or refresh $(VENV) from requirements.lock
 	@$(PYTHON) tools/ensure_venv.py --venv $(VENV)
 
 reproduce: venv     ## offline smoke reproduction of every notebook (CPU, minutes)
-	$(VENV_PYTHON) -m uniq reproduce --profile smoke
+	$(VENV_PYTHON) -m uniq reproduce --profile smoke $(REPRODUCE_ARGS)
 
 reproduce-quick: venv   ## real CIFAR-100, shortened schedules, one GPU
-	$(VENV_PYTHON) -m uniq reproduce --profile quick --keep-going
+	$(VENV_PYTHON) -m uniq reproduce --profile quick --keep-going $(REPRODUCE_ARGS)
 
 reproduce-paper: venv   ## the paper's schedules
-	$(VENV_PYTHON) -m uniq reproduce --profile paper --keep-going
+	$(VENV_PYTHON) -m uniq reproduce --profile paper --keep-going $(REPRODUCE_ARGS)
 
 # The exit code is also left in $(VENV)/pytest-exit-code, so that .ci/run can pass pytest's own
 # code on (make itself exits with 2 whenever a recipe fails).
