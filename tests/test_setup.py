@@ -165,6 +165,17 @@ def test_missing_venv_module_says_what_to_install(missing):
     assert f"no `{missing}` module" in message and "apt install python3.12-venv" in message
 
 
+def test_a_python_without_ensurepip_is_told_what_to_install(tmp_path):
+    # Debian's python3 without python3.X-venv: the module is absent (here it fails to import)
+    (tmp_path / "ensurepip.py").write_text("raise ImportError('No module named ensurepip')\n")
+    done = subprocess.run([sys.executable, str(ROOT / "tools/ensure_venv.py"), "--check-python"],
+                          capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert done.returncode == 2
+    short = "{}.{}".format(*sys.version_info[:2])
+    assert f"sudo apt install python{short}-venv" in done.stderr
+
+
 def test_this_python_passes_the_check():
     tool = _load_tool("ensure_venv")
     assert tool.python_problem() is None

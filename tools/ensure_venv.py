@@ -9,8 +9,8 @@ second. Otherwise the environment is created (or refreshed in place) with the st
 no dependency resolution: every dependency comes from the lock).
 
 This file runs before any dependency exists and on whatever ``python3`` the machine has, so it
-uses only the standard library and parses on old Pythons (no f-strings), to be able to say
-clearly what is missing.
+uses only the standard library and parses on old Pythons, Python 2.7 included (no f-strings,
+no ``raise from``), to be able to say clearly what is missing.
 """
 
 from __future__ import print_function
@@ -142,9 +142,10 @@ def ensure(venv_dir):
         try:
             venv.EnvBuilder(with_pip=True, clear=True).create(venv_dir)
         except (OSError, subprocess.CalledProcessError) as err:
-            raise SetupError(
+            # no `raise ... from err`: this file must parse on Python 2 to say it is too old
+            raise SetupError(  # noqa: B904
                 "could not create the virtual environment {} ({}). On Debian/Ubuntu install "
-                "`python{}.{}-venv`.".format(venv_dir, err, *sys.version_info[:2])) from err
+                "`python{}.{}-venv`.".format(venv_dir, err, *sys.version_info[:2]))
     python = venv_python(venv_dir)
     stamp_path = os.path.join(venv_dir, STAMP_NAME)
     if os.path.exists(stamp_path):
