@@ -2,11 +2,11 @@
 
     python3 tools/ensure_venv.py [--venv .venv] [--check-python]
 
-A stamp file in the environment records a hash of the lock, pyproject.toml, the interpreter and
-this script; when it matches, the environment is current and this returns in well under a
-second. Otherwise the environment is created (or refreshed in place) with the standard library's
-``venv`` and filled with ``pip install -r requirements.lock`` plus the project itself (editable,
-no dependency resolution: every dependency comes from the lock).
+A stamp file in the environment records a hash of the lock, pyproject.toml, the interpreter's
+version and this script; when it matches, the environment is current and this returns in well
+under a second. Otherwise the environment is created (or refreshed in place) with the standard
+library's ``venv`` and filled with ``pip install -r requirements.lock`` plus the project itself
+(editable, no dependency resolution: every dependency comes from the lock).
 
 This file runs before any dependency exists and on whatever ``python3`` the machine has, so it
 uses only the standard library and parses on old Pythons, Python 2.7 included (no f-strings,
@@ -84,8 +84,9 @@ def stamp(lock=LOCK, pyproject=PYPROJECT):
                              "repository".format(path))
         with open(path, "rb") as f:
             digest.update(f.read().replace(b"\r\n", b"\n"))
+    # the interpreter's version, not its path: the same Python reached by another path (a pyenv
+    # shim, a symlink) must not rebuild the environment, another version must
     digest.update(sys.version.encode())
-    digest.update(sys.executable.encode())
     digest.update(SCRIPT_VERSION.encode())
     return digest.hexdigest()
 
