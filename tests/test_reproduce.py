@@ -101,7 +101,8 @@ def test_provenance_is_complete(smoke):
     for pkg in ("torch", "torchvision", "papermill", "pytorchcv", "python"):
         assert p["versions"][pkg]
     assert "cuda_available" in p["device"] and p["parameters"]["PROFILE"] == "smoke"
-    assert p["seeds"] and p["failures"] == []
+    assert p["seeds"]["quantized_runs"] == [0, 1] and p["failures"] == []
+    assert p["lock"]["hash"].startswith("sha256:")
     assert all(v["ok"] for v in p["notebooks"].values()) and len(p["notebooks"]) == len(notebooks())
     assert "04_table4_figure3" in p["notebook_records"]
 

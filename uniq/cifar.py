@@ -70,6 +70,8 @@ class CifarConfig(RunConfig):
                           hashed=False)
     download: bool = option(True, "download CIFAR-100 with torchvision when missing",
                             hashed=False)
+    verify_data: bool = option(True, "check the CIFAR-100 files against the official MD5s "
+                               "(--no-verify-data for files you made yourself)", hashed=False)
 
     def label_prefix(self) -> str:
         return f"resnet{self.depth}"
@@ -110,8 +112,10 @@ class CifarConfig(RunConfig):
     def load(self) -> tuple[D.ImageData, D.ImageData]:
         size = (self.synthetic_train, self.synthetic_test)
         root = resolve_path(self.data_dir)
-        train = D.load_dataset(self.dataset, True, root, self.seed, size, self.download)
-        test = D.load_dataset(self.dataset, False, root, self.seed, size, self.download)
+        train = D.load_dataset(self.dataset, True, root, self.seed, size, self.download,
+                               self.verify_data)
+        test = D.load_dataset(self.dataset, False, root, self.seed, size, self.download,
+                              self.verify_data)
         return train.subset(self.data_fraction, self.seed), test
 
     def make_data(self, d: Dist) -> TaskData:

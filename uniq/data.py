@@ -11,6 +11,8 @@ give the same augmentation distribution (a test checks it).
 
 from __future__ import annotations
 
+import hashlib
+import importlib
 import math
 import pickle
 import tarfile
@@ -53,21 +55,156 @@ class ImageData:
                          self.num_classes, self.mean, self.std)
 
 
-def cifar100(root: str | Path = "data", train: bool = True, download: bool = True) -> ImageData:
+CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
+# MD5s of the official release, as torchvision's CIFAR100 dataset class lists them.
+CIFAR100_MD5 = {
+    "cifar-100-python.tar.gz": "eb9058c3a382ffc7106e4002c42a8d85",
+    "train": "16019d7e3df5f24257cddd939b257f8d",
+    "test": "f0ef6b0ae62326f3e7ffdfab6717acfc",
+    "meta": "7973b15100ade9c7d40fb424638fde48",
+}
+
+
+class DataChecksumError(ValueError):
+    """A data file whose checksum is not the official one (corrupt, incomplete or altered)."""
+
+
+class UnsafeDataFileError(ValueError):
+    """A pickle that asks for something a CIFAR-100 file never contains (code, other types)."""
+
+
+def _numpy_attribute(modules: tuple[str, ...], name: str):
+    """``name`` from the first of ``modules`` that imports (numpy 2 moved ``core`` to ``_core``);
+    the new location first, so that numpy 2 never touches its deprecated ``numpy.core`` alias."""
+    for module in modules:
+        try:
+            return getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            continue
+    raise ImportError(f"numpy has no {name} in {' or '.join(modules)}")
+
+
+def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
+    """``_codecs.encode`` as protocol-2 pickles use it (bytes written as latin-1 text), and only
+    that: no other codec is needed to rebuild a CIFAR-100 file."""
+    if encoding != "latin1" or not isinstance(text, str):
+        raise UnsafeDataFileError(f"_codecs.encode({type(text).__name__}, {encoding!r}) is not "
+                                  f"how a pickle stores bytes")
+    return text.encode("latin1")
+
+
+# Every global a CIFAR-100 python pickle needs: the release (Python 2, protocol 2) names
+# numpy.core.multiarray._reconstruct, numpy.ndarray and numpy.dtype; the same dict pickled by
+# Python 3 names numpy._core.multiarray._reconstruct (numpy 2), plus _codecs.encode(.., "latin1")
+# for raw bytes with protocol 2, or numpy's _frombuffer with protocol 5 (Python 3.14's default).
+# Each only rebuilds an ndarray, a dtype or bytes; everything else in the files is a dict, list,
+# str, bytes or int (pickle opcodes, not globals).
+_RECONSTRUCT = ("numpy._core.multiarray", "numpy.core.multiarray")
+_FROMBUFFER = ("numpy._core.numeric", "numpy.core.numeric")
+_ALLOWED_GLOBALS = {
+    **{(module, "_reconstruct"): lambda: _numpy_attribute(_RECONSTRUCT, "_reconstruct")
+       for module in _RECONSTRUCT},
+    **{(module, "_frombuffer"): lambda: _numpy_attribute(_FROMBUFFER, "_frombuffer")
+       for module in _FROMBUFFER},
+    ("numpy", "ndarray"): lambda: np.ndarray,
+    ("numpy", "dtype"): lambda: np.dtype,
+    ("_codecs", "encode"): lambda: _latin1_encode,
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler that builds only what CIFAR-100 files hold: dicts, lists, str, bytes, int
+    and numpy arrays. Any other global (``os.system``, ``builtins.eval``, a class...) stops the
+    load before it is imported or called."""
+
+    def __init__(self, file, path: Path) -> None:
+        super().__init__(file, encoding="latin1")
+        self.path = path
+
+    def find_class(self, module: str, name: str):
+        resolve = _ALLOWED_GLOBALS.get((module, name))
+        if resolve is None:
+            raise UnsafeDataFileError(
+                f"{self.path}: refusing to load the global '{module}.{name}'; a CIFAR-100 file "
+                f"holds only dicts, lists, strings, integers and numpy arrays, so this file was "
+                f"altered or is not CIFAR-100. Nothing from it was run. Delete it and get the "
+                f"official release again ({CIFAR100_URL})")
+        return resolve()
+
+    def persistent_load(self, pid):
+        raise UnsafeDataFileError(f"{self.path}: persistent ids are not part of a CIFAR-100 "
+                                  f"file; delete it and get the official release again")
+
+
+def load_cifar_pickle(path: str | Path):
+    """Unpickle a CIFAR python-release file with :class:`_CifarUnpickler` (no code runs)."""
+    path = Path(path)
+    with path.open("rb") as f:
+        try:
+            return _CifarUnpickler(f, path).load()
+        except UnsafeDataFileError:
+            raise
+        except Exception as err:  # truncated or garbled: pickle raises many kinds
+            raise ValueError(f"{path} is not a readable CIFAR-100 python-pickle file "
+                             f"({type(err).__name__}: {err}); delete it and get the official "
+                             f"release again ({CIFAR100_URL})") from err
+
+
+def md5_of(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with Path(path).open("rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_md5(path: str | Path, expected: str, remedy: str) -> None:
+    """Raise :class:`DataChecksumError` naming the file, both checksums and ``remedy``."""
+    actual = md5_of(path)
+    if actual != expected:
+        raise DataChecksumError(
+            f"{path}: MD5 {actual} is not the official CIFAR-100 checksum {expected}; the file "
+            f"is corrupt, incomplete or altered. {remedy} If you made this file yourself, "
+            f"turn the check off (verify_checksums=False; --no-verify-data on the command line)")
+
+
+def _extract(archive: Path, root: Path) -> None:
+    with tarfile.open(archive) as tar:
+        if hasattr(tarfile, "data_filter"):  # Python >= 3.10.12 / 3.11.4
+            tar.extractall(root, filter="data")
+        else:  # older: refuse what the data filter would (absolute paths, .., links)
+            for member in tar.getmembers():
+                target = (root / member.name).resolve()
+                if not (member.isfile() or member.isdir()) or root.resolve() not in (
+                        target, *target.parents):
+                    raise UnsafeDataFileError(f"{archive}: member {member.name!r} is not a "
+                                              f"plain file inside the archive's folder")
+            tar.extractall(root)
+
+
+def cifar100(root: str | Path = "data", train: bool = True, download: bool = True,
+             verify_checksums: bool = True) -> ImageData:
     """CIFAR-100 from its python-pickle release (``cifar-100-python/{train,test}``) under ``root``.
 
     Order of preference: the extracted folder, then ``cifar-100-python.tar.gz`` in ``root``
     (extracted here), then a torchvision download (checksum-verified) if ``download``. Offline
     without the files: a clear error that says where to put them.
+
+    The files are pickles, so they are read with an unpickler that admits only what the release
+    contains (no file can run code), and with ``verify_checksums`` (default) the archive and the
+    split file must have the official MD5s (:data:`CIFAR100_MD5`).
     """
     root = Path(root)
     folder = root / "cifar-100-python"
-    split = folder / ("train" if train else "test")
+    split_name = "train" if train else "test"
+    split = folder / split_name
     if not split.exists():
         archive = root / "cifar-100-python.tar.gz"
         if archive.exists():
-            with tarfile.open(archive) as tar:
-                tar.extractall(root, filter="data")
+            if verify_checksums:
+                verify_md5(archive, CIFAR100_MD5[archive.name],
+                           f"Delete {archive} and download it again ({CIFAR100_URL}).")
+            _extract(archive, root)
         elif download:
             try:
                 torchvision.datasets.CIFAR100(str(root), train=train, download=True)
@@ -75,13 +212,16 @@ def cifar100(root: str | Path = "data", train: bool = True, download: bool = Tru
                 raise FileNotFoundError(_missing_cifar(root, folder, err)) from err
         if not split.exists():
             raise FileNotFoundError(_missing_cifar(root, folder, None))
-    with split.open("rb") as f:
-        entry = pickle.load(f, encoding="latin1")
+    if verify_checksums:
+        verify_md5(split, CIFAR100_MD5[split_name],
+                   f"Delete the folder {folder} (and {root / 'cifar-100-python.tar.gz'} if it is "
+                   f"there) and download the release again ({CIFAR100_URL}).")
+    entry = load_cifar_pickle(split)
     try:
         flat = np.asarray(entry["data"], dtype=np.uint8)
         images = torch.from_numpy(flat.reshape(-1, 3, 32, 32).copy())
         labels = torch.tensor(entry["fine_labels"], dtype=torch.int64)
-    except (KeyError, ValueError) as err:
+    except (KeyError, ValueError, TypeError) as err:
         raise ValueError(f"{split} is not a CIFAR-100 python-pickle file ({err})") from err
     if len(images) != len(labels) or (len(labels) and int(labels.max()) >= 100):
         raise ValueError(f"{split}: {len(images)} images, {len(labels)} labels: malformed file")
@@ -92,8 +232,8 @@ def _missing_cifar(root: Path, folder: Path, err: Exception | None) -> str:
     why = f" (download failed: {err})" if err else ""
     return (
         f"CIFAR-100 is not in {root.resolve()}{why}. Put cifar-100-python.tar.gz there (from "
-        f"https://www.cs.toronto.edu/~kriz/cifar.html) or its extracted folder at "
-        f"{folder.resolve()}, or use dataset='synthetic' to run offline on generated data"
+        f"{CIFAR100_URL}) or its extracted folder at {folder.resolve()}, or use "
+        f"dataset='synthetic' to run offline on generated data"
     )
 
 
@@ -129,10 +269,14 @@ def synthetic_cifar(
 def load_dataset(
     name: str, train: bool, root: str | Path = "data", seed: int = 0,
     synthetic_size: tuple[int, int] = (50_000, 10_000), download: bool = True,
+    verify_checksums: bool = True,
 ) -> ImageData:
-    """``name`` is "cifar100" or "synthetic" (sizes from ``synthetic_size``: train, test)."""
+    """``name`` is "cifar100" or "synthetic" (sizes from ``synthetic_size``: train, test).
+
+    ``verify_checksums``: CIFAR-100 files must have the official MD5s (see :func:`cifar100`).
+    """
     if name == "cifar100":
-        return cifar100(root, train, download)
+        return cifar100(root, train, download, verify_checksums)
     if name == "synthetic":
         return synthetic_cifar(synthetic_size[0 if train else 1], train, seed)
     raise ValueError(f"unknown dataset {name!r}; use 'cifar100' or 'synthetic'")

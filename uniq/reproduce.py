@@ -19,13 +19,28 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-from .experiments import get_profile
+from .experiments import get_profile, parse_seeds
 from .paths import REPO, resolve_path
 from .report import build_report
 
 NOTEBOOKS_DIR = REPO / "notebooks"
 PACKAGES = ("torch", "torchvision", "numpy", "scipy", "pandas", "matplotlib", "papermill",
-            "pytorchcv", "uniq")
+            "pytorchcv", "onnx", "onnxruntime", "uniq")
+
+
+def _lock() -> dict:
+    """The lock's hash, and how the running environment differs from it (each difference is
+    also printed as a warning: results made outside the lock may not reproduce)."""
+    from .environment_lock import lock_differences, lock_hash
+
+    try:
+        info = {"hash": lock_hash(), "differences": lock_differences()}
+    except FileNotFoundError as err:
+        return {"hash": None, "differences": [], "note": str(err)}
+    for line in info["differences"]:
+        print(f"[reproduce] warning: {line}; this environment differs from requirements.lock "
+              "(make reproduce uses the locked one)", file=sys.stderr, flush=True)
+    return info
 
 
 def notebooks(folder: Path = NOTEBOOKS_DIR) -> list[Path]:
@@ -162,6 +177,7 @@ def reproduce(profile: str = "smoke", only: list[int] | None = None, keep_going:
     for nb in chosen:
         check_parameters(nb, params)
 
+    lock = _lock()
     # Notebooks run headless here: plain progress lines, not widgets nobody will see.
     os.environ.setdefault("UNIQ_PROGRESS", "lines")
     started = datetime.now(timezone.utc).isoformat()
@@ -193,8 +209,11 @@ def reproduce(profile: str = "smoke", only: list[int] | None = None, keep_going:
         "caveat": prof.caveat(),
         "comparable_to_paper": prof.comparable,
         "parameters": params,
-        "seeds": {"training": 0, "note": "every run's seed is in its config.json"},
+        "seeds": {"quantized_runs": list(parse_seeds(params["SEEDS"])) if params.get("SEEDS")
+                  not in (None, "None", "") else list(prof.seeds), "full_precision_run": 0,
+                  "note": "every run's seed is in its config.json"},
         "git": _git(),
+        "lock": lock,
         "versions": _versions(),
         "device": _device(),
         "started": started,
