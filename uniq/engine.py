@@ -292,8 +292,6 @@ def validate_fields(cfg: RunConfig) -> None:
             raise ValueError(f"{name} must be {'> 0' if name == 'lr' else '>= 0'}, got {v}")
     if cfg.warmup_scale < 0:
         raise ValueError(f"warmup_scale must be >= 0, got {cfg.warmup_scale}")
-    if cfg.warmup_epochs is not None and cfg.warmup_epochs * cfg.warmup_scale >= cfg.epochs:
-        pass  # a warm-up as long as the run is allowed (the rate stays at the warm-up value)
 
 
 def start_key(path: Path) -> str:
