@@ -341,3 +341,12 @@ def test_cli_prints_the_resolved_config_and_its_state(tmp_path):
     cfg = CifarConfig(**{**TINY, "bits": 1, "warmup_scale": 0.1, "runs_dir": str(tmp_path)})
     assert info["key"] == cfg.key() and info["state"] == "missing"
     assert info["recipe_spelled_out"]["warmup_epochs"] == pytest.approx(0.5)
+
+
+def test_every_seed_trains_on_the_same_data(tmp_path):
+    """The seed varies order and augmentation, not the data: a quantized run of seed 1 starts
+    from the full-precision run of seed 0 and must see the data that run was trained on."""
+    a_train, a_test = tiny(tmp_path, seed=0, data_fraction=0.5).load()
+    b_train, b_test = tiny(tmp_path, seed=1, data_fraction=0.5).load()
+    assert torch.equal(a_train.images, b_train.images) and torch.equal(a_test.labels,
+                                                                        b_test.labels)

@@ -21,6 +21,9 @@ from .engine import FULL_PRECISION, RunConfig, TaskData, option, register
 from .models import preact_resnet
 from .paths import resolve_path
 
+DATA_SEED = 0
+"""Seed of the generated data set and of the ``data_fraction`` subset: fixed, not the run's."""
+
 
 class ShardedLoader:
     """This rank's contiguous share of every global batch of a loader. The global batch (its
@@ -112,11 +115,13 @@ class CifarConfig(RunConfig):
     def load(self) -> tuple[D.ImageData, D.ImageData]:
         size = (self.synthetic_train, self.synthetic_test)
         root = resolve_path(self.data_dir)
-        train = D.load_dataset(self.dataset, True, root, self.seed, size, self.download,
+        # The data are the same for every seed (the seed varies order and augmentation): a
+        # quantized run of any seed sees the data its full-precision parent was trained on.
+        train = D.load_dataset(self.dataset, True, root, DATA_SEED, size, self.download,
                                self.verify_data)
-        test = D.load_dataset(self.dataset, False, root, self.seed, size, self.download,
+        test = D.load_dataset(self.dataset, False, root, DATA_SEED, size, self.download,
                               self.verify_data)
-        return train.subset(self.data_fraction, self.seed), test
+        return train.subset(self.data_fraction, DATA_SEED), test
 
     def make_data(self, d: Dist) -> TaskData:
         train_data, test_data = self.load()

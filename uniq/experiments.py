@@ -549,11 +549,13 @@ def imagenet_demo(ctx: Context) -> pd.DataFrame:
     from .imagenet import demo_config, generated_folder
     from .modules import quantizers
 
-    data = generated_folder(ctx.runs_dir / "imagenet-demo-data")
+    # Its own folders: demonstration runs on generated images never enter Tables 2-3.
+    demo = ctx.runs_dir / "imagenet-demo"
+    data = generated_folder(demo / "data")
     rows = []
     for arch, bits in (("preresnet18", 2), ("preresnet18", 1), ("preresnet34", 2),
                        ("mobilenetv2_w1", 2)):
-        cfg = demo_config(arch, bits, data, ctx.runs_dir, device=ctx.device)
+        cfg = demo_config(arch, bits, data, demo, device=ctx.device)
         t0 = time.time()
         r = fit(cfg, quiet=True)
         model = r.model()

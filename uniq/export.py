@@ -617,9 +617,10 @@ def load_run_batch(run_dir: str | Path, n: int = 64) -> tuple[torch.Tensor, torc
     cfg = json.loads((Path(run_dir) / "config.json").read_text())["config"]
     if "arch" in cfg:
         raise ValueError(f"{run_dir} is an ImageNet run; load its validation images yourself")
+    from .cifar import DATA_SEED
     from .paths import resolve_path
 
-    data = load_dataset(cfg["dataset"], False, resolve_path(cfg["data_dir"]), cfg["seed"],
+    data = load_dataset(cfg["dataset"], False, resolve_path(cfg["data_dir"]), DATA_SEED,
                         (cfg["synthetic_train"], cfg["synthetic_test"]), download=False)
     return normalize(data.images[:n], data.mean, data.std), data.labels[:n]
 
