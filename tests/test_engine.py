@@ -66,7 +66,7 @@ def test_learning_rate_actually_used_follows_the_recipe(fp_run):
 
 def _train_cmd(runs, epochs):
     return [sys.executable, "-m", "uniq", "train", *cli_args(
-        dataset="synthetic", synthetic_train=1024, synthetic_test=200, depth=8, batch_size=64,
+        dataset="synthetic", synthetic_train=512, synthetic_test=200, depth=8, batch_size=64,
         bits=2, fp_epochs=1, epochs=epochs, calib_batches=2, runs_dir=runs, device="cpu")]
 
 

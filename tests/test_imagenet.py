@@ -126,13 +126,13 @@ def _torchrun(module_args, port):
     return subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600)
 
 
-def _assert_same_weights(a_dir: Path, b_dir: Path, rtol=1e-9):
+def _assert_same_weights(a_dir: Path, b_dir: Path, rtol=1e-9, atol=1e-12):
     a = torch.load(a_dir / "model.pt", weights_only=True)
     b = torch.load(b_dir / "model.pt", weights_only=True)
     assert a.keys() == b.keys()
     for k in a:
         if torch.is_tensor(a[k]) and a[k].is_floating_point():
-            assert torch.allclose(a[k], b[k], rtol=rtol, atol=1e-12), (k, (a[k] - b[k]).abs()
+            assert torch.allclose(a[k], b[k], rtol=rtol, atol=atol), (k, (a[k] - b[k]).abs()
                                                                        .max())
 
 
@@ -175,7 +175,15 @@ def test_two_process_cifar_matches_one_process(tmp_path):
     for a, b in zip(sorted((tmp_path / "two" / "cifar").iterdir()),
                     sorted((tmp_path / "one" / "cifar").iterdir()), strict=True):
         assert a.name == b.name
-        _assert_same_weights(a, b)
+        if "-fp-" in a.name:
+            _assert_same_weights(a, b)
+        else:
+            # The 8-bit input quantizer of the first layer sees the discrete (uint8) image values:
+            # a few sit exactly on a rounding boundary, where the last bit of a step computed in
+            # another reduction order decides the level. Such a tie moves a weight by ~1e-7 after
+            # one step; anything structural (the batch split, the reduction, BatchNorm, the
+            # gradient scale) would show at the scale of the step itself (~1e-3).
+            _assert_same_weights(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_stop_after_and_resume_end_where_a_straight_run_ends(folder, tmp_path):

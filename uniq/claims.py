@@ -23,6 +23,7 @@ from __future__ import annotations
 import difflib
 import functools
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -201,9 +202,13 @@ def effect_interval(a, b=None, direction: str = "greater", confidence: float = 0
         return out
 
     def test(shift: float, alternative: str):
-        if two_sample:
-            return stats.ttest_ind(a, b + shift, equal_var=False, alternative=alternative)
-        return stats.ttest_1samp(a, shift, alternative=alternative)
+        # scipy warns of "catastrophic cancellation" when the values of a side nearly agree
+        # (e.g. two seeds with the same top-1); the interval it returns is still right.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            if two_sample:
+                return stats.ttest_ind(a, b + shift, equal_var=False, alternative=alternative)
+            return stats.ttest_1samp(a, shift, alternative=alternative)
 
     ci = test(0.0, "two-sided").confidence_interval(confidence_level=confidence)
     out["low"], out["high"] = float(ci.low), float(ci.high)

@@ -91,6 +91,7 @@ def imagenet_tables(runs_dir: str | Path = "runs", reported: str = "top1_final"
                     t.loc[i, col] = float(hit[col].iloc[-1])
                 t.loc[i, "run"] = hit.run.iloc[-1]
         t = with_diff(t, reported)
+        t["top1"] = t[reported]
         t["dataset"] = "imagenet"
         out.append(t.reset_index(drop=True))
     return out[0], out[1]
