@@ -241,3 +241,13 @@ def test_a_notebook_runs_on_its_own_with_papermill(tmp_path):
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     assert (tmp_path / "res" / "quantizers_transfer.png").exists()
+
+
+def test_every_notebook_takes_the_same_parameters():
+    """``reproduce -p NAME=VALUE`` passes a parameter to every notebook, so they all need it."""
+    import papermill
+
+    found = {nb.name: set(papermill.inspect_notebook(str(nb))) for nb in notebooks()}
+    expected = {"PROFILE", "RESULTS_DIR", "RUNS_DIR", "DATA_DIR", "DEVICE", "SEEDS", "LSQ_INIT",
+                "REPORTED", "PRECISION"}
+    assert all(params == expected for params in found.values()), found
