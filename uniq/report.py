@@ -408,16 +408,28 @@ def how_to_compare(profile: Profile) -> str:
 
 
 COLUMN_MEANINGS = {
-    "top1": "the reproduced top-1 accuracy (%) on the test set at the end of training",
-    "top1_final": "top-1 (%) after the last epoch: what `diff` compares",
-    "top1_best": "the best top-1 (%) over all epochs, what the authors' code reports (an "
-                 "optimistic choice: it picks the epoch by the test set)",
+    "experiment": "the cell's key (the claims file names cells by it)",
+    "n": "how many seeds the cell has (one run per seed)",
+    "top1": "the reproduced top-1 accuracy (%), the mean over seeds of the accuracy `diff` "
+            "compares",
+    "top1_final": "top-1 (%) after the last epoch, mean over seeds",
+    "top1_final_sd": "its standard deviation over seeds (empty with one seed)",
+    "top1_best": "the best top-1 (%) over all epochs, mean over seeds: what the authors' code "
+                 "reports (an optimistic choice: it picks the epoch by the test set)",
+    "top1_best_sd": "its standard deviation over seeds",
     "paper_top1": "the number printed in the paper for the same setting (empty where the paper "
                   "has none)",
     "diff": "reproduced minus paper, in points; negative means below the paper",
+    "diff_ci_low": "lower end of the 95% confidence interval of `diff` over seeds (empty with "
+                   "one seed)",
+    "diff_ci_high": "upper end of that interval: if it lies below 0, the cell is below the "
+                    "paper beyond seed noise",
+    "diff_uses": "which accuracy `diff` compares (`top1_final` unless REPORTED=top1_best)",
     "comparable_to_paper": "True only when the profile is the paper's setting (real CIFAR-100, "
                            "ResNet-32, 350 epochs); otherwise `diff` is not a verdict",
     "run": "the folder under `runs/` with the run's config, metrics and checkpoint",
+    "runs": "the run folders (one per seed) under `runs/cifar/`",
+    "precision": "the arithmetic the runs used (fp32 is the paper's)",
     "dataset": "the data the run actually used",
     "profile": "the reproduction profile that produced the row",
 }
