@@ -78,7 +78,7 @@ class Profile:
 PROFILES = {
     "smoke": Profile("smoke", "synthetic", depth=8, batch_size=32, fp_epochs=6, epochs=2,
                      calib_batches=2, warmup_scale=0.1, seeds=(0, 1), synthetic_train=512,
-                     synthetic_test=500, dynamics_per_epoch=8,
+                     synthetic_test=250, dynamics_per_epoch=8,
                      expected_time="about 5 minutes on 2 CPU cores"),
     "quick": Profile("quick", "cifar100", depth=32, batch_size=128, fp_epochs=60, epochs=30,
                      calib_batches=100, warmup_scale=1.0, seeds=(0, 1, 2),
