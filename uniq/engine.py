@@ -480,7 +480,7 @@ class Run:
     def state_dict(self) -> dict[str, torch.Tensor]:
         path = self.dir / "model.pt"
         state = load_checkpoint(path if path.exists() else self.dir / "checkpoint.pt")
-        return state.get("model", state) if "model" in state else state
+        return state.get("model", state)
 
     def model(self) -> nn.Module:
         """The trained model, rebuilt and loaded on the CPU (eval mode)."""
@@ -705,7 +705,7 @@ def _train(cfg: RunConfig, d: dist.Dist, run_dir: Path, start: dict | None, say,
                                          epoch, step, label, quiet)
         eval_loss, eval_top1, _ = evaluate(net, data.eval, d, cfg.precision)
         row.update(eval_loss=eval_loss, eval_top1=eval_top1, epoch_time_s=time.time() - t0)
-        check_finite(model, row["train_loss"], epoch, step, run_dir)
+        check_finite(model, row["train_loss"], epoch, step, cfg, label)
         history["metrics"].append(row)
         history["dynamics"] += dyn
         if d.main:
@@ -800,19 +800,20 @@ def diverged(what: str, epoch: int, step: int, cfg: RunConfig, label: str) -> Tr
                             f"{what}. {kept} {how}.")
 
 
-def check_finite(model: nn.Module, loss: float, epoch: int, step: int, run_dir: Path) -> None:
-    """Before a checkpoint is written: the loss and every parameter (steps included) finite."""
+def check_finite(model: nn.Module, loss: float, epoch: int, step: int, cfg: RunConfig,
+                 label: str) -> None:
+    """Before a checkpoint is written: the loss and every parameter (steps included) finite.
+    One host sync for all parameters; the names are looked up only when something is bad."""
+    params = list(model.parameters())
+    weights_ok = bool(torch.stack([torch.isfinite(p).all() for p in params]).all())
+    if math.isfinite(loss) and weights_ok:
+        return
     bad = [] if math.isfinite(loss) else [f"the training loss is {loss}"]
-    for name, p in model.named_parameters():
-        if not bool(torch.isfinite(p).all()):
-            bad.append(f"{name} is not finite")
-            break
-    if bad:
-        raise TrainingDiverged(
-            f"[{run_dir.name}] training diverged in epoch {epoch + 1} (step {step}): "
-            f"{'; '.join(bad)}. No checkpoint of this epoch was written; the last good one is "
-            f"{run_dir / 'checkpoint.pt'}. To continue, start a new run from it with a lower "
-            f"learning rate: --init-from-run {run_dir} --lr <lower>.")
+    if not weights_ok:
+        bad += [f"{next(n for n, p in model.named_parameters() if not torch.isfinite(p).all())} "
+                "is not finite"]
+    raise diverged("; ".join(bad) + " (no checkpoint of this epoch was written)", epoch, step,
+                   cfg, label)
 
 
 def evaluate_weights(config: RunConfig, path: str | Path) -> dict[str, Any]:
