@@ -155,7 +155,9 @@ def test_two_process_torchrun_takes_the_same_step_as_one_process(one_step_folder
     assert two.result["steps"] == 1
     one = E.fit(small(one_step_folder, tmp_path / "one", bits=8, precision="fp64"), quiet=True)
     assert one.dir.name == two.dir.name and one.result["world_size"] == 1
-    _assert_same_weights(two.dir, one.dir)
+    # uint8 images: a tie on a rounding boundary of the 8-bit input quantizer may go either way
+    # in another reduction order (see the CIFAR test below), so not bit-tight
+    _assert_same_weights(two.dir, one.dir, rtol=1e-5, atol=1e-6)
 
 
 def test_two_process_cifar_matches_one_process(tmp_path):
