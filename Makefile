@@ -1,6 +1,7 @@
 # The two commands of the README, each on the locked environment:
 #   make reproduce   smoke reproduction of every notebook (offline, CPU)
-#   make test        the test suite
+#   make test        the default test tier (everything but the end-to-end tests marked slow)
+# and: make test-all (every test), make ci (what CI runs: all of it in a clean room).
 # Both first create or refresh .venv from requirements.lock (seconds when it is current).
 # PYTHON picks the interpreter that builds .venv (3.10 or newer): make PYTHON=python3.11 test
 # Extra arguments: make test PYTEST_ARGS=tests/test_data.py, make reproduce REPRODUCE_ARGS='--only 2'
@@ -11,7 +12,8 @@ PYTEST_ARGS ?=
 REPRODUCE_ARGS ?=
 export MPLBACKEND ?= Agg
 
-.PHONY: venv reproduce reproduce-quick reproduce-paper test lint lock install clean-venv benchmark
+.PHONY: venv reproduce reproduce-quick reproduce-paper test test-all ci lint lock install clean-venv \
+	benchmark
 
 venv:               ## create or refresh $(VENV) from requirements.lock
 	@command -v $(PYTHON) >/dev/null 2>&1 || { \
@@ -30,9 +32,18 @@ reproduce-paper: venv   ## the paper's schedules
 
 # The exit code is also left in $(VENV)/pytest-exit-code, so that .ci/run can pass pytest's own
 # code on (make itself exits with 2 whenever a recipe fails).
-test: venv          ## the test suite (python -m pytest inside the locked environment)
+test: venv          ## the default tier: unit, integration and a short end-to-end path
 	@rm -f $(VENV)/pytest-exit-code
-	$(VENV_PYTHON) -m pytest $(PYTEST_ARGS); code=$$?; echo $$code > $(VENV)/pytest-exit-code; exit $$code
+	$(VENV_PYTHON) -m pytest -m "not slow" $(PYTEST_ARGS); code=$$?; \
+	  echo $$code > $(VENV)/pytest-exit-code; exit $$code
+
+test-all: venv      ## every test: the end-to-end tier (marked slow) too
+	@rm -f $(VENV)/pytest-exit-code
+	$(VENV_PYTHON) -m pytest $(PYTEST_ARGS); code=$$?; echo $$code > $(VENV)/pytest-exit-code; \
+	  exit $$code
+
+ci:                 ## what CI runs: lint, reproduce, test, test-all in a fresh clone, env -i
+	bash .ci/run
 
 lint: venv
 	$(VENV_PYTHON) -m ruff check .

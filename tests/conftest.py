@@ -42,3 +42,13 @@ def uniq_cli(*args, timeout=600, **kw) -> subprocess.CompletedProcess:
 @pytest.fixture
 def tiny_config():
     return tiny
+
+
+# Fixtures that run a whole end-to-end job: every test that uses one is in the slow tier.
+END_TO_END_FIXTURES = {"smoke"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if END_TO_END_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -59,6 +59,7 @@ def test_bad_seeds_are_clear_errors(value):
         X.parse_seeds(value)
 
 
+@pytest.mark.slow
 def test_three_workers_given_the_same_list_train_every_run_once(tmp_path, monkeypatch):
     """Workers share a runs folder and take the same command list: the run lock makes each
     run train once, whatever the order (here: all three start on the same run at once)."""

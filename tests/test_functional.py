@@ -5,7 +5,11 @@ import torch
 
 from uniq.functional import lsq_quantize, symmetric_quantize, unsigned_quantize
 
-torch.manual_seed(0)
+
+@pytest.fixture(autouse=True)
+def _seed():
+    """Each test draws the same inputs whichever tests ran before it."""
+    torch.manual_seed(0)
 
 
 def eq3_reference(x, d, bits):

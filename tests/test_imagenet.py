@@ -142,6 +142,7 @@ def one_step_folder(tmp_path_factory):
     return make_image_folder(tmp_path_factory.mktemp("one"), classes=4, train=2, val=2)
 
 
+@pytest.mark.slow
 def test_two_process_torchrun_takes_the_same_step_as_one_process(one_step_folder, tmp_path):
     """In float64 (CPU-independent), after one step of the same global batch at 8 bits, two
     processes (all-reduced gradients, synchronised BatchNorm) hold the weights one process
@@ -160,6 +161,7 @@ def test_two_process_torchrun_takes_the_same_step_as_one_process(one_step_folder
     _assert_same_weights(two.dir, one.dir, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_two_process_cifar_matches_one_process(tmp_path):
     """``torchrun -m uniq train`` on generated data: the FP parent and the 8-bit run, one step
     each, float64, against one process."""

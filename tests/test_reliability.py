@@ -23,6 +23,7 @@ def _cmd(runs, **kw):
     return [sys.executable, "-m", "uniq", "train", *cli_args(**{**RUN, "runs_dir": runs, **kw})]
 
 
+@pytest.mark.slow
 def test_two_processes_on_one_run_train_it_once(tmp_path):
     procs = [subprocess.Popen(_cmd(tmp_path), env=env(), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
@@ -66,16 +67,29 @@ def test_a_busy_run_waits_by_default_or_stops_with_no_wait(tmp_path):
         assert "Traceback" not in out.stderr
 
 
+def _stamps(run_dir: Path) -> dict:
+    """Identity of each file of a run: a rewritten file (atomic replace) gets a new one."""
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in run_dir.iterdir()
+            if p.suffix in (".pt", ".json")}
+
+
 def test_fresh_retrains_the_run_asked_for_and_keeps_its_shared_parent(tmp_path):
-    cfg = tiny(tmp_path, bits=2, epochs=1)
-    q = E.fit(cfg, quiet=True)
-    parent_dir = E.Run.load(q.dir).config.resolved()
-    parent = E.Run.load(next(p for p in (tmp_path / "runs" / "cifar").iterdir()
-                             if p.name.startswith("resnet8-fp")))
-    stamp = (parent.dir / "result.json").stat().st_mtime_ns
-    again = E.fit(cfg, resume="never", quiet=True)
-    assert again.dir == q.dir and parent_dir.init_from is not None
-    assert (parent.dir / "result.json").stat().st_mtime_ns == stamp
+    kw = {**TINY, "bits": 2, "epochs": 1, "runs_dir": tmp_path / "runs"}
+    first = uniq_cli("train", *cli_args(**kw))
+    assert first.returncode == 0, first.stderr
+    run_dir = Path(json.loads(first.stdout[first.stdout.rindex("{\n"):])["run_dir"])
+    parent_dir = next(p for p in run_dir.parent.iterdir() if p.name.startswith("resnet8-fp"))
+    run_before, parent_before = _stamps(run_dir), _stamps(parent_dir)
+    assert {"checkpoint.pt", "model.pt", "result.json"} <= set(run_before)
+
+    again = uniq_cli("train", *cli_args(**kw), "--fresh")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout[again.stdout.rindex("{\n"):])["run_dir"] == str(run_dir)
+    assert "epoch 1/1" in again.stdout  # it trained, not answered from the cache
+    run_after = _stamps(run_dir)
+    for name in ("checkpoint.pt", "model.pt", "result.json"):
+        assert run_after[name] != run_before[name], f"{name} was not written again"
+    assert _stamps(parent_dir) == parent_before  # the shared parent is untouched
 
 
 def test_divergence_on_the_cli_is_a_message_with_the_way_on(tmp_path):
@@ -191,6 +205,7 @@ def test_imagenet_config_type_errors_are_clear():
         ImageNetConfig(arch="vgg").resolved()
 
 
+@pytest.mark.slow
 def test_lock_waiter_returns_the_finished_run(tmp_path):
     """A second process that finds the run in progress waits, then returns it untouched."""
     cfg = tiny(tmp_path, epochs=1)

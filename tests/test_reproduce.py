@@ -235,7 +235,8 @@ def test_unknown_parameters_and_notebooks_are_errors(broken, tmp_path):
 
 
 def test_a_notebook_runs_on_its_own_with_papermill(tmp_path):
-    out = subprocess.run(["papermill", str(REPO / "notebooks" / "01_quantizers.ipynb"),
+    notebook = REPO / "notebooks" / "01_quantizers.ipynb"
+    out = subprocess.run([sys.executable, "-m", "papermill", str(notebook),
                           str(tmp_path / "out.ipynb"), "-p", "PROFILE", "smoke",
                           "-p", "RESULTS_DIR", str(tmp_path / "res")],
                          capture_output=True, text=True)
@@ -251,3 +252,11 @@ def test_every_notebook_takes_the_same_parameters():
     expected = {"PROFILE", "RESULTS_DIR", "RUNS_DIR", "DATA_DIR", "DEVICE", "SEEDS", "LSQ_INIT",
                 "REPORTED", "PRECISION"}
     assert all(params == expected for params in found.values()), found
+
+
+def test_the_console_shows_progress_not_kernel_transport_warnings(broken, tmp_path, capfd):
+    # the kernel writes to the terminal's file descriptors directly, hence capfd
+    assert reproduce("smoke", out_dir=tmp_path / "out", notebooks_dir=broken, only=[1]) == 0
+    out, err = capfd.readouterr()
+    assert "01_fine.ipynb" in out and "done in" in out
+    assert "without encryption" not in out + err and "IPKernelApp" not in out + err

@@ -60,9 +60,19 @@ def test_every_dependency_is_locked_within_pyprojects_range(python):
             f"{name}: locked {locked[name]} is outside pyproject's range {req.specifier}")
 
 
-def test_torch_is_pinned_where_it_is_served_locally():
+def test_the_lock_keeps_the_pins_of_lock_constraints():
+    """lock-constraints.txt pins what the lock must hold (torch as served on the project's
+    machines); the lock and environment.yml agree with it, whatever the versions are."""
+    pins = [Requirement(line.split("#")[0]) for line in
+            (ROOT / "lock-constraints.txt").read_text().splitlines()
+            if line.split("#")[0].strip()]
+    assert {E.canonical_name(p.name) for p in pins} >= {"torch", "torchvision"}
     locked = E.locked_versions(environment=LINUX_311)
-    assert locked["torch"] == "2.14.1" and locked["torchvision"] == "0.29.1"
+    yml = (ROOT / "environment.yml").read_text()
+    for pin in pins:
+        version = locked[E.canonical_name(pin.name)]
+        assert pin.specifier.contains(version, prereleases=True), (pin, version)
+        assert f"'{pin.name}=={version}'" in yml, pin
     # the CUDA libraries the Linux torch wheel imports are pinned too, for Linux only
     assert any(name.startswith("nvidia-") for name in locked)
     mac = dict(LINUX_311, sys_platform="darwin", platform_system="Darwin",
@@ -176,12 +186,19 @@ def test_a_python_without_ensurepip_is_told_what_to_install(tmp_path):
     assert f"sudo apt install python{short}-venv" in done.stderr
 
 
-def test_this_python_passes_the_check():
-    tool = _load_tool("ensure_venv")
-    assert tool.python_problem() is None
+@pytest.mark.parametrize("version, ok", [((3, 9, 18), False), ((3, 10, 0), True),
+                                          ((3, 13, 1), True), ((4, 0, 0), True)])
+def test_the_python_check_on_fake_interpreters(tmp_path, version, ok):
+    """``--check-python`` run by interpreters that report another version (a sitecustomize
+    overrides ``sys.version_info``): the verdict follows the version, not this machine."""
+    (tmp_path / "sitecustomize.py").write_text(
+        f"import sys\nsys.version_info = {(*version, 'final', 0)!r}\n")
     done = subprocess.run([sys.executable, str(ROOT / "tools/ensure_venv.py"), "--check-python"],
-                          capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+                          capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert done.returncode == (0 if ok else 2), done.stderr
+    assert ("3.10 or newer" in done.stderr) is not ok
+    assert ("{}.{}.{}".format(*version) in done.stderr) is not ok
 
 
 def test_a_current_venv_is_not_reinstalled(tmp_path, monkeypatch, capsys):
@@ -224,8 +241,8 @@ needs_make = pytest.mark.skipif(shutil.which("make") is None, reason="make is no
 
 @needs_make
 def test_make_targets_build_the_venv_then_run_the_readme_commands():
-    for target, command in (("test", "-m pytest"), ("reproduce", "-m uniq reproduce --profile "
-                                                                  "smoke")):
+    for target, command in (("test", '-m pytest -m "not slow"'), ("test-all", "-m pytest"),
+                            ("reproduce", "-m uniq reproduce --profile smoke")):
         done = subprocess.run(["make", "-n", "-C", str(ROOT), target, "VENV=/nonexistent/v"],
                               capture_output=True, text=True, check=True)
         lines = done.stdout.splitlines()
@@ -243,13 +260,21 @@ def test_make_without_the_python_says_what_to_install():
 
 
 def _stub_ci(tmp_path, pytest_code):
-    """A copy of .ci/run beside a stub Makefile whose test target exits like pytest would."""
-    (tmp_path / ".ci").mkdir()
-    shutil.copy(ROOT / ".ci/run", tmp_path / ".ci/run")
-    (tmp_path / "Makefile").write_text(
-        "venv:\n\tmkdir -p $(VENV)\nlint:\n\ttrue\n"
-        f"test:\n\techo {pytest_code} > $(VENV)/pytest-exit-code; exit {pytest_code}\n")
-    return tmp_path / ".ci/run"
+    """A git repository holding a copy of .ci/run beside a stub Makefile whose targets succeed,
+    but for test, which prints its environment and exits like pytest would."""
+    repo = tmp_path / "repo"
+    (repo / ".ci").mkdir(parents=True)
+    shutil.copy(ROOT / ".ci/run", repo / ".ci/run")
+    (repo / "Makefile").write_text(
+        "VENV ?= .venv\nvenv:\n\tmkdir -p $(VENV)\nlint:\n\ttrue\nreproduce:\n\ttrue\n"
+        "test-all:\n\ttrue\n"
+        f"test:\n\tenv | sed 's/^/ENV /'; echo {pytest_code} > $(VENV)/pytest-exit-code; "
+        f"exit {pytest_code}\n")
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "stub"], check=True)
+    return repo / ".ci/run"
 
 
 @needs_make
@@ -258,6 +283,24 @@ def test_ci_run_exits_with_pytests_code(tmp_path, pytest_code):
     script = _stub_ci(tmp_path, pytest_code)
     done = subprocess.run(["bash", str(script)], capture_output=True, text=True)
     assert done.returncode == pytest_code, done.stdout + done.stderr
+
+
+@needs_make
+def test_ci_run_works_in_a_clean_room(tmp_path):
+    """Nothing of the caller's environment reaches the README's commands but pip's settings."""
+    script = _stub_ci(tmp_path, 0)
+    leaky = {**os.environ, "PYTHONPATH": "/leak", "VIRTUAL_ENV": "/leak", "LEAK_MARKER": "1",
+             "PATH": f"/leak/bin:{os.environ['PATH']}", "PIP_FIND_LINKS": "/wheels/here"}
+    done = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=leaky)
+    assert done.returncode == 0, done.stdout + done.stderr
+    seen = dict(line[4:].split("=", 1) for line in done.stdout.splitlines()
+                if line.startswith("ENV ") and "=" in line)
+    assert seen["PATH"] == "/usr/bin:/bin" and seen["PYTHONNOUSERSITE"] == "1"
+    assert seen["HOME"] != os.environ.get("HOME") and "uniq-ci." in seen["HOME"]
+    assert not {"PYTHONPATH", "VIRTUAL_ENV", "LEAK_MARKER"} & set(seen)
+    assert seen["PIP_FIND_LINKS"] == "/wheels/here"
+    assert str(tmp_path / "repo") not in seen.get("PWD", "")  # a fresh clone, not the checkout
+    assert "[ci]   PATH=/usr/bin:/bin" in done.stdout  # the environment is printed
 
 
 def test_ci_run_without_make_says_what_to_install(tmp_path):

@@ -106,6 +106,10 @@ def _device() -> dict:
 
 # cells papermill adds to the executed copy: the injected parameters, and on failure an error
 # banner at the top and an anchor just before the failing cell
+# The kernel's own warnings (e.g. ipykernel's "running over TCP without encryption" for a kernel
+# that only listens on loopback) would be printed once per notebook into the user's terminal;
+# its errors still show.
+KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR"]
 PAPERMILL_TAGS = {"injected-parameters", "papermill-error-cell-tag"}
 
 
@@ -188,7 +192,7 @@ def reproduce(profile: str = "smoke", only: list[int] | None = None, keep_going:
         try:
             papermill.execute_notebook(str(nb), str(out / nb.name), parameters=params,
                                        kernel_name="python3", cwd=str(nb.parent),
-                                       progress_bar=False)
+                                       progress_bar=False, extra_arguments=KERNEL_ARGUMENTS)
         except Exception as err:  # noqa: BLE001 - any failure is reported, then we go on or stop
             failures.append(_failure(nb, out / nb.name, err, since=t0 - 1))
             status[nb.name] = {"ok": False, "seconds": round(time.time() - t0, 1)}
