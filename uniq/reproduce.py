@@ -77,7 +77,10 @@ def check_parameters(nb: Path, parameters: dict) -> None:
 
 def _git() -> dict:
     def git(*args: str) -> str:
-        out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
+        try:  # git is optional: an unpacked archive, or a machine without git
+            out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
+        except OSError:
+            return ""
         return out.stdout.strip() if out.returncode == 0 else ""
 
     return {"commit": git("rev-parse", "HEAD") or "unknown",
