@@ -23,45 +23,29 @@ from pathlib import Path
 
 import torch
 
-import uniq
 from uniq import export as X
 from uniq import latency as L
-from uniq.models import adaptive_pooling, imagenet_model, preact_resnet
-
-MODELS = {  # name -> (builder, image size)
-    "resnet32": (lambda: preact_resnet(32, 100), 32),
-    "preresnet18": (lambda: adaptive_pooling(imagenet_model("preresnet18")), 224),
-}
 
 
-def networks(name: str, bits: int, seed: int = 0):
-    """The float network and its calibrated UniQ conversion (random weights)."""
-    build, size = MODELS[name]
-    torch.manual_seed(seed)
-    fp = build()
-    with torch.no_grad():  # non-trivial BatchNorm statistics
-        fp.train()(torch.randn(8, 3, size, size) * 2)
-    fp.eval()
-    x = torch.randn(8, 3, size, size)
-    q = uniq.quantize_model(fp, bits, "uniq", "channel", example_input=x)
-    return fp, uniq.calibrate(q, [x], 1).eval(), size
-
-
-def integer_kernels_per_layer(model, path) -> bool:
-    """Every quantized layer has an integer kernel in onnxruntime's optimised graph."""
-    ops = L.kernel_counts(path)
-    kernels = sum(n for op, n in ops.items() if op in X.INTEGER_KERNELS)
-    return kernels >= len(uniq.integer.integer_layers(model))
+def checked(model, path, size: int) -> bool:
+    """The graph agrees with PyTorch (forced codes: logits to float tolerance, same top-1) and
+    onnxruntime runs every layer it computes in integers with an integer kernel."""
+    parity = X.check_parity(model, path, torch.randn(2, 3, size, size))
+    return (parity["allclose"] and parity["top1_agree_forced"] == 1.0
+            and not X.integer_layers(path)["missing"])
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--models", default="resnet32,preresnet18", help=f"of {list(MODELS)}")
+    p.add_argument("--models", default="resnet32,preresnet18", help=f"of {list(L.NETWORKS)}")
     p.add_argument("--bits", default="2", help="comma list of UniQ bit widths")
     p.add_argument("--batches", default="1,32")
     p.add_argument("--threads", default="1,2", help="intra-op threads, the same for all graphs")
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--qdq", action="store_true", help="time the QDQ graph too")
+    p.add_argument("--split", action="store_true",
+                   help="time the integer graph with nine_bit='split' too (the 8-bit first "
+                        "and last layers in int8 kernels instead of float)")
     p.add_argument("--json", type=Path, default=None, help="also write the rows here")
     a = p.parse_args()
     ints = lambda s: [int(v) for v in s.split(",")]  # noqa: E731
@@ -71,16 +55,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in a.models.split(","):
             for bits in ints(a.bits):
-                fp, q, size = networks(name, bits)
+                fp, q, size = L.benchmark_networks(name, bits)
                 graphs = {"float32": L.export_float_onnx(fp, f"{tmp}/fp.onnx",
                                                          torch.randn(1, 3, size, size))}
                 example = torch.randn(1, 3, size, size)
                 graphs["integer"] = X.export_onnx(q, f"{tmp}/int.onnx", example, integer=True)
+                if a.split:
+                    graphs["integer_split"] = X.export_onnx(q, f"{tmp}/split.onnx", example,
+                                                            integer=True, nine_bit="split")
                 if a.qdq:
                     graphs["qdq"] = X.export_onnx(q, f"{tmp}/qdq.onnx", example)
-                parity = X.check_parity(q, graphs["integer"], torch.randn(2, 3, size, size))
-                ok = (parity["allclose"] and parity["top1_agree_forced"] == 1.0
-                      and integer_kernels_per_layer(q, graphs["integer"]))
+                ok = all(checked(q, graphs[k], size) for k in graphs if k.startswith("integer"))
                 table = L.latency_table(graphs, size, ints(a.batches), ints(a.threads),
                                         a.repeats)
                 table.insert(0, "model", f"{name} {size}px")

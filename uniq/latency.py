@@ -23,6 +23,32 @@ from torch import nn
 
 from .export import INPUT_NAME, OPSET, OUTPUT_NAME, onnx_session, require
 
+NETWORKS = {"resnet32": 32, "preresnet18": 224}  # name -> image size
+
+
+def benchmark_networks(name: str, bits: int = 2, seed: int = 0) -> tuple[nn.Module, nn.Module,
+                                                                         int]:
+    """``(float model, calibrated UniQ model, image size)`` for a latency measurement: the
+    paper's CIFAR ResNet-32 (100 classes, 32 px) or pytorchcv's preresnet18 (224 px), random
+    weights with non-trivial BatchNorm statistics, converted at ``bits`` under the paper's
+    layer policy (kernel-wise weight steps) and calibrated on random images. Latency does not
+    depend on the values, only on the shapes and the graph."""
+    from .convert import calibrate, quantize_model
+    from .models import adaptive_pooling, imagenet_model, preact_resnet
+
+    if name not in NETWORKS:
+        raise ValueError(f"unknown network {name!r}; choose from {list(NETWORKS)}")
+    size = NETWORKS[name]
+    torch.manual_seed(seed)
+    fp = (preact_resnet(32, 100) if name == "resnet32"
+          else adaptive_pooling(imagenet_model("preresnet18")))
+    with torch.no_grad():
+        fp.train()(torch.randn(8, 3, size, size) * 2)
+    fp.eval()
+    x = torch.randn(8, 3, size, size)
+    q = quantize_model(fp, bits, "uniq", "channel", example_input=x)
+    return fp, calibrate(q, [x], 1).eval(), size
+
 
 def export_float_onnx(model: nn.Module, path: str | Path, example_input: torch.Tensor) -> Path:
     """The float32 model as ONNX via ``torch.onnx.export`` (the TorchScript exporter, which
@@ -106,12 +132,5 @@ def latency_table(graphs: dict[str, str | Path], image_size: int, batches=(1, 32
     return table
 
 
-def kernel_counts(path: str | Path) -> dict[str, int]:
-    """How many nodes of each kind onnxruntime runs after its own graph optimisation."""
-    from .export import onnx_summary
-
-    return onnx_summary(path)["onnxruntime_ops"]
-
-
-__all__ = ["export_float_onnx", "cpu_name", "compare_latency", "latency_table",
-           "kernel_counts"]
+__all__ = ["NETWORKS", "benchmark_networks", "export_float_onnx", "cpu_name",
+           "compare_latency", "latency_table"]
