@@ -22,6 +22,12 @@ Full-precision layers stay float. ``QuantizeLinear`` divides and rounds half to 
 ``torch.round`` does, so for the same float input every code matches PyTorch's; the float
 convolutions between quantizers sum in a different order, which moves logits by float rounding.
 
+``integer=True`` writes the integer graph instead: each quantized layer's input codes (int8)
+and weight codes (uint8 ``code + 128``, zero point 128) go into ``ConvInteger`` /
+``MatMulInteger``, which accumulate exactly in int32, and one ``DequantizeLinear`` multiplies
+the accumulator by ``scale_x * scale_w`` per output channel. Layers with 9-bit odd codes
+(8-bit UniQ) stay QDQ, or with ``nine_bit="split"`` are split exactly into int8 kernels.
+
 Needs the ``export`` extra (``onnx``, ``onnxruntime``); they are imported only when used.
 """
 
@@ -129,9 +135,9 @@ def _input_codes(g: _Graph, x: str, quantizer: Quantizer, base: str, signed: boo
 
     Unsigned (Eq. 5) and LSQ inputs: ``codes`` is ``QuantizeLinear``'s output in the grid's
     container, or in int8 where ``signed`` and the codes fit (after a Clip to the b-bit range
-    when it is narrower than the container). Signed
-    UniQ inputs (Eq. 3): ``codes`` is the float odd code ``q = 2k - (N-1)`` and ``levels`` the
-    float level index ``k`` it came from (``None`` otherwise)."""
+    when it is narrower than the container). Signed UniQ inputs (Eq. 3): ``codes`` is the
+    float odd code ``q = 2k - (N-1)`` and ``levels`` the float level index ``k`` it came from
+    (``None`` otherwise)."""
     grid = integer_grid(quantizer, f"{base}.act_quantizer")
     if grid.step.numel() != 1:
         raise ValueError(f"{base}: only layer-wise (one step) input quantizers can be exported")
@@ -177,10 +183,11 @@ def _quantized_input(g: _Graph, x: str, quantizer: Quantizer, base: str) -> str:
 
 # --- integer layers (export with integer=True) -----------------------------------------------
 
-# Integer kernels are fed int8 inputs and uint8 weights (code + 128, zero point 128): in
-# onnxruntime 1.32 on x86 this pair ran 5-17x faster than int8 weights (benchmarks/
-# onnx_latency.py notes), and with uint8 weights no x86 kernel multiplies uint8 by int8 with
-# VPMADDUBSW, whose saturating int16 pair sums are inexact on CPUs without VNNI.
+# Integer kernels are fed int8 inputs and uint8 weights (code + 128, zero point 128): with
+# int8 weights onnxruntime 1.32's ConvInteger took a slow path, 5-17x slower per convolution
+# on this project's 2-core Xeon (see the README), and with uint8 weights no x86 kernel
+# multiplies uint8 by int8 with VPMADDUBSW, whose saturating int16 pair sums are inexact on
+# CPUs without VNNI.
 WEIGHT_ZERO_POINT = 128
 INTEGER_KERNELS = ("ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul",
                    "com.microsoft.MatMulIntegerToFloat", "com.microsoft.QLinearConv")
