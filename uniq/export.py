@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .integer import IntegerGrid, integer_grid, to_codes
+from .integer import IntegerGrid, from_codes, integer_grid, to_codes
 from .modules import QConv2d, QLinear, Quantizer, quantizers
 
 OPSET = 13
@@ -443,13 +443,20 @@ class _Converter:
             self.taps[name], self.tap_scales[name] = tap, scale
             self.integer_kernels[name], self.accumulators[name] = kernels, acc
             return y
-        if self.integer and wq is not None:
-            self.qdq_layers.append(name)  # 9-bit codes with nine_bit="float", or no input codes
         if aq is not None:
             x = _quantized_input(g, x, aq, base)
             self.taps[name] = x
-        w = (_quantized_weight(g, m, base) if wq is not None
-             else g.const(m.weight, f"{base}_weight"))
+        if self.integer and wq is not None:
+            # 9-bit codes with nine_bit="float" (or no input quantizer): a float kernel. The
+            # weight is stored dequantized (codes * scale, the fake-quantized weight bit for
+            # bit), a constant that onnxruntime can pre-pack and fuse, which a
+            # DequantizeLinear output is not.
+            self.qdq_layers.append(name)
+            grid = integer_grid(wq, f"{base}.weight_quantizer")
+            w = g.const(from_codes(to_codes(m.weight, grid), grid), f"{base}_weight_dequantized")
+        else:
+            w = (_quantized_weight(g, m, base) if wq is not None
+                 else g.const(m.weight, f"{base}_weight"))
         inputs = [x, w] + ([] if m.bias is None else [g.const(m.bias, f"{base}_bias")])
         if conv is not None:
             return g.node("Conv", inputs, base, **conv)
