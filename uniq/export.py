@@ -201,6 +201,10 @@ def _nine_bit(m: QConv2d | QLinear) -> bool:
     return any(g.container == torch.int32 for g in grids)
 
 
+def _nine_bit_input(quantizer: Quantizer) -> bool:
+    return integer_grid(quantizer).container == torch.int32
+
+
 Operand = list[tuple[int, str, str]]  # sum of coefficient * (tensor - zero point); "" = no zero
 
 
@@ -447,11 +451,15 @@ class _Converter:
             x = _quantized_input(g, x, aq, base)
             self.taps[name] = x
         if self.integer and wq is not None:
-            # 9-bit codes with nine_bit="float" (or no input quantizer): a float kernel. The
-            # weight is stored dequantized (codes * scale, the fake-quantized weight bit for
-            # bit), a constant that onnxruntime can pre-pack and fuse, which a
-            # DequantizeLinear output is not.
-            self.qdq_layers.append(name)
+            self.qdq_layers.append(name)  # 9-bit codes with nine_bit="float": a float kernel
+        if self.integer and wq is not None and (aq is None or _nine_bit_input(aq)):
+            # The weight stored dequantized (codes * scale: the fake-quantized weight bit for
+            # bit) is a constant that onnxruntime pre-packs and fuses with BatchNorm, which a
+            # DequantizeLinear output is not (preresnet18's 7x7 stem, batch 4: 46 ms behind a
+            # DequantizeLinear, 29 ms as a fused float conv). Only behind an int32 input: after
+            # an 8-bit DequantizeLinear onnxruntime would fuse DQ -> Conv -> Q into its own
+            # QLinearConv, whose requantisation rounds differently from PyTorch (3% of 8-bit
+            # codes differed).
             grid = integer_grid(wq, f"{base}.weight_quantizer")
             w = g.const(from_codes(to_codes(m.weight, grid), grid), f"{base}_weight_dequantized")
         else:
