@@ -554,3 +554,27 @@ def test_cli_exports_a_cifar_run_and_refuses_bad_run_dirs(tmp_path, capsys):
     (run / "model.pt").rename(run / "moved.pt")
     assert main(["export", str(run), "-o", str(missing)]) == 2
     assert "model.pt" in capsys.readouterr().err and not missing.exists()
+
+
+@needs_onnx
+def test_latency_table_times_the_float32_and_integer_graphs_of_one_network(tmp_path):
+    """The float32 file is the float model (PyTorch's logits to float tolerance); the table has
+    one row per batch and thread count, and the speedup is the ratio of its two columns. No
+    timing is asserted: speed depends on the machine."""
+    from uniq import latency as L
+
+    fp = trained_like()
+    x = torch.randn(2, 3, 32, 32)
+    path = L.export_float_onnx(fp, tmp_path / "fp.onnx", x)
+    got = E.onnx_session(path, 1, spin=False).run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        want = fp(x).numpy()
+    assert torch.allclose(torch.from_numpy(got), torch.from_numpy(want), rtol=1e-4,
+                          atol=1e-5 * float(abs(want).max()))
+    graphs = {"float32": path,
+              "integer": E.export_onnx(converted(fp, 2), tmp_path / "int.onnx", x, integer=True)}
+    table = L.latency_table(graphs, 32, batches=(1, 2), threads=(1,), repeats=2)
+    assert table[["batch", "threads"]].values.tolist() == [[1, 1], [2, 1]]
+    assert (table.integer_speedup == table.float32_ms / table.integer_ms).all()
+    assert (table[["float32_ms", "integer_ms"]] > 0).all().all()
+    assert "logical CPUs" in L.cpu_name()

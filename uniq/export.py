@@ -184,7 +184,7 @@ def _quantized_input(g: _Graph, x: str, quantizer: Quantizer, base: str) -> str:
 # --- integer layers (export with integer=True) -----------------------------------------------
 
 # Integer kernels are fed int8 inputs and uint8 weights (code + 128, zero point 128): with
-# int8 weights onnxruntime 1.32's ConvInteger took a slow path, 5-17x slower per convolution
+# int8 weights onnxruntime 1.32's ConvInteger took a slow path, 4-12x slower per convolution
 # on this project's 2-core Xeon (see the README), and with uint8 weights no x86 kernel
 # multiplies uint8 by int8 with VPMADDUBSW, whose saturating int16 pair sums are inexact on
 # CPUs without VNNI.
