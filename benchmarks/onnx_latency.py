@@ -46,6 +46,9 @@ def main() -> None:
     p.add_argument("--split", action="store_true",
                    help="time the integer graph with nine_bit='split' too (the 8-bit first "
                         "and last layers in int8 kernels instead of float)")
+    p.add_argument("--no-spin", action="store_true",
+                   help="idle intra-op threads sleep instead of busy-waiting (fairer on a "
+                        "shared, loaded machine; onnxruntime's default spins)")
     p.add_argument("--json", type=Path, default=None, help="also write the rows here")
     a = p.parse_args()
     ints = lambda s: [int(v) for v in s.split(",")]  # noqa: E731
@@ -67,7 +70,7 @@ def main() -> None:
                     graphs["qdq"] = X.export_onnx(q, f"{tmp}/qdq.onnx", example)
                 ok = all(checked(q, graphs[k], size) for k in graphs if k.startswith("integer"))
                 table = L.latency_table(graphs, size, ints(a.batches), ints(a.threads),
-                                        a.repeats)
+                                        a.repeats, spin=not a.no_spin)
                 table.insert(0, "model", f"{name} {size}px")
                 table.insert(1, "bits", bits)
                 table.insert(2, "checked", ok)

@@ -89,12 +89,15 @@ def _load() -> float | None:
 
 
 def compare_latency(graphs: dict[str, str | Path], x: torch.Tensor, threads: int,
-                    repeats: int = 20, warmup: int = 2) -> dict[str, float]:
+                    repeats: int = 20, warmup: int = 2, spin: bool = True) -> dict[str, float]:
     """Median ms of one forward pass of each ONNX file in ``graphs`` (name -> path) on batch
     ``x``, ``threads`` intra-op threads each, interleaved over ``repeats`` rounds after
     ``warmup`` runs. Returns ``{name}_ms`` per graph, plus the batch, threads and the 1-minute
-    load average before and after (a loaded machine slows multi-threaded runs most)."""
-    sessions = {name: onnx_session(path, threads) for name, path in graphs.items()}
+    load average before and after (a loaded machine slows multi-threaded runs most).
+    ``spin=False`` stops idle intra-op threads from busy-waiting: onnxruntime's default spins,
+    which is fastest on an idle machine, but on a shared one a spinning thread waits for a
+    descheduled partner at every parallel region (the integer graph has many small ones)."""
+    sessions = {name: onnx_session(path, threads, spin) for name, path in graphs.items()}
     feed = {INPUT_NAME: x.detach().cpu().float().numpy()}
     load_before = _load()
     for s in sessions.values():
@@ -106,14 +109,15 @@ def compare_latency(graphs: dict[str, str | Path], x: torch.Tensor, threads: int
             t0 = time.perf_counter()
             s.run(None, feed)
             times[name].append(time.perf_counter() - t0)
-    row: dict[str, float] = {"batch": int(x.shape[0]), "threads": threads}
+    row: dict[str, float] = {"batch": int(x.shape[0]), "threads": threads, "spin": spin}
     row.update({f"{name}_ms": 1e3 * statistics.median(t) for name, t in times.items()})
     row.update(load_1min_before=load_before, load_1min_after=_load())
     return row
 
 
 def latency_table(graphs: dict[str, str | Path], image_size: int, batches=(1, 32),
-                  threads=(1, 2), repeats: int = 20, seed: int = 0, baseline: str = "float32"):
+                  threads=(1, 2), repeats: int = 20, seed: int = 0, baseline: str = "float32",
+                  spin: bool = True):
     """``compare_latency`` for every batch size and thread count (Gaussian input; the timings
     do not depend on the values), with ``{name}_speedup = baseline_ms / name_ms`` for every
     other graph: above 1 means faster than the baseline."""
@@ -124,7 +128,7 @@ def latency_table(graphs: dict[str, str | Path], image_size: int, batches=(1, 32
     for batch in batches:
         x = torch.randn(batch, 3, image_size, image_size, generator=g)
         for t in threads:
-            rows.append(compare_latency(graphs, x, t, repeats))
+            rows.append(compare_latency(graphs, x, t, repeats, spin=spin))
     table = pd.DataFrame(rows)
     for name in graphs:
         if name != baseline:
