@@ -485,6 +485,9 @@ def test_every_imagenet_model_at_every_bit_width(arch, bits, tmp_path):
     model = converted(model, bits, "uniq", granularity, x=torch.randn(4, 3, 64, 64), init="lsq")
     path = E.export_onnx(model, tmp_path / "m.onnx", torch.randn(1, 3, 64, 64))
     assert_parity(model, path, torch.randn(4, 3, 64, 64))
+    path = E.export_onnx(model, tmp_path / "i.onnx", torch.randn(1, 3, 64, 64), integer=True,
+                         nine_bit="split")
+    assert_integer_graph(model, path, torch.randn(2, 3, 64, 64))
 
 
 # --- bad input and the command line -----------------------------------------------------------

@@ -287,15 +287,16 @@ def _integer_layer(g: _Graph, m: QConv2d | QLinear, x: str, base: str, conv: dic
                          (conv or {}).get("group", 1))
     acc, kernels = _integer_product(g, xs, ws, base, conv)
     # int32 -> float times the scale in one pass: DequantizeLinear computes float(acc) * scale,
-    # the same two roundings as a Cast and a Mul.
+    # the same two roundings as a Cast and a Mul. Always per channel (a layer-wise scale
+    # repeated): onnxruntime propagates a per-tensor DequantizeLinear through later nodes by
+    # inserting QuantizeLinear copies, which cannot take an int32 zero point.
+    channels = m.out_channels if conv is not None else m.out_features
     scale = (x_grid.scale.double().reshape(()) * w_grid.scale.double().flatten()).float()
-    per_channel = scale.numel() > 1
-    scale = scale if per_channel else scale.reshape(())
-    zero = g.const(np.zeros(scale.shape, np.int32), f"{base}_accumulator_zero_point", np.int32)
+    scale = scale.expand(channels).contiguous()
+    zero = g.const(np.zeros(channels, np.int32), f"{base}_accumulator_zero_point", np.int32)
     y = g.node("DequantizeLinear", [acc, g.const(scale, f"{base}_scale"), zero],
                f"{base}_scaled" if m.bias is not None else base,
-               doc="int32 accumulator times scale_x * scale_w", **({"axis": 1} if per_channel
-                                                                  else {}))
+               doc="int32 accumulator times scale_x * scale_w", axis=1 if conv is not None else -1)
     if m.bias is not None:
         bias = m.bias.detach().reshape(1, -1, 1, 1) if conv is not None else m.bias
         y = g.node("Add", [y, g.const(bias, f"{base}_bias")], base)
