@@ -379,10 +379,11 @@ def assert_integer_graph(model, path, x, qdq_layers=()):
 
 
 @needs_onnx
-@pytest.mark.parametrize("bits,nine_bit", [(1, "float"), (2, "float"), (4, "split"),
-                                           (8, "float"), (8, "split")])
-def test_integer_graph_runs_integer_kernels_exactly(bits, nine_bit, tmp_path):
-    model = converted(trained_like(), bits)
+@pytest.mark.parametrize("bits,nine_bit,granularity", [
+    (1, "float", "channel"), (2, "float", "channel"), (2, "split", "tensor"),
+    (4, "split", "channel"), (8, "float", "channel"), (8, "split", "channel")])
+def test_integer_graph_runs_integer_kernels_exactly(bits, nine_bit, granularity, tmp_path):
+    model = converted(trained_like(), bits, granularity=granularity)
     path = E.export_onnx(model, tmp_path / "int.onnx", torch.randn(1, 3, 32, 32), integer=True,
                          nine_bit=nine_bit)
     nine = [n for n, layer in I.integer_layers(model).items()
