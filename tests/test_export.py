@@ -473,9 +473,9 @@ def test_imagenet_run_loads_exports_and_onnxruntime_agrees(arch, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("UNIQ_EXPORT_ALL"),
-                    reason="UNIQ_EXPORT_ALL=1 runs every ImageNet model at 1-4 bits (minutes)")
+                    reason="UNIQ_EXPORT_ALL=1 runs every ImageNet model at 1-4, 8 bits (minutes)")
 @needs_onnx
-@pytest.mark.parametrize("bits", [1, 2, 3, 4])
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 8])
 @pytest.mark.parametrize("arch", IMAGENET_MODELS)
 def test_every_imagenet_model_at_every_bit_width(arch, bits, tmp_path):
     from uniq.imagenet import adaptive_pooling
