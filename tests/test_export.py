@@ -339,7 +339,98 @@ def test_lsq_exports_twos_complement_codes(tmp_path):
     assert body.dtype.name == "int8" and set(body.flatten().tolist()) <= {-2, -1, 0, 1}
     summary = E.onnx_summary(path)
     assert summary["opset"] == E.OPSET and summary["ops"]["DequantizeLinear"] == 2 * 9 + 2
-    assert summary["onnxruntime_ops"]["Conv"] == summary["ops"]["Conv"]
+    # What onnxruntime fuses in a QDQ graph is its choice; assert_parity above checks that the
+    # optimised graph it ran computes what PyTorch computes.
+
+
+# --- the integer graph: integer kernels, exact accumulators, parity ---------------------------
+
+
+def accumulators(path, x):
+    """Each integer layer's input codes (as onnxruntime computed them) and int32 accumulator."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    props = {p.key: p.value for p in proto.metadata_props}
+    taps, accs = json.loads(props["uniq.input_taps"]), json.loads(props["uniq.accumulators"])
+    if not accs:
+        return {}
+    names = [taps[n] for n in accs] + list(accs.values())
+    proto.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names)
+    outs = E.onnx_session(proto.SerializeToString(), 1, spin=False).run(names, {"input": x.numpy()})
+    codes = dict(zip(accs, outs[:len(accs)], strict=True))
+    return {n: (torch.from_numpy(codes[n]).long(), torch.from_numpy(a))
+            for n, a in zip(accs, outs[len(accs):], strict=True)}
+
+
+def assert_integer_graph(model, path, x, qdq_layers=()):
+    """Parity, an integer kernel for every other quantized layer in onnxruntime's optimised
+    graph, and every int32 accumulator equal to the int64 reference convolution of the codes
+    (``torch.equal``: integer arithmetic has no tolerance)."""
+    assert_parity(model, path, x)
+    layers = I.integer_layers(model)
+    found = E.integer_layers(path)
+    assert found["missing"] == [] and sorted(found["qdq_layers"]) == sorted(qdq_layers)
+    assert sorted(found["integer_layers"]) == sorted(set(layers) - set(qdq_layers))
+    for name, (codes, acc) in accumulators(path, x).items():
+        assert acc.dtype == torch.int32
+        assert torch.equal(acc.long(), layers[name].integer_forward(codes))
+    return found
+
+
+@needs_onnx
+@pytest.mark.parametrize("bits,nine_bit,granularity", [
+    (1, "float", "channel"), (2, "float", "channel"), (2, "split", "tensor"),
+    (4, "split", "channel"), (8, "float", "channel"), (8, "split", "channel")])
+def test_integer_graph_runs_integer_kernels_exactly(bits, nine_bit, granularity, tmp_path):
+    model = converted(trained_like(), bits, granularity=granularity)
+    path = E.export_onnx(model, tmp_path / "int.onnx", torch.randn(1, 3, 32, 32), integer=True,
+                         nine_bit=nine_bit)
+    nine = [n for n, layer in I.integer_layers(model).items()
+            if torch.int32 in (layer.weight_grid.container, layer.input_grid.container)]
+    # 9-bit odd codes: the first and last layers (8 bits), at 8 bits every layer
+    assert len(nine) == {1: 0, 8: len(I.integer_layers(model))}.get(bits, 2)
+    found = assert_integer_graph(model, path, torch.randn(3, 3, 32, 32),
+                                 nine if nine_bit == "float" else ())
+    import onnx
+
+    proto = onnx.load(str(path))
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+    ops = [n.op_type for n in proto.graph.node]
+    convs = {n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    assert ops.count("Conv") == len(convs - set(found["integer_layers"]))  # float ones only
+    for name, layer in I.integer_layers(model).items():  # uint8 codes + 128, zero point 128
+        if name in nine:
+            continue
+        stored = inits[name.replace(".", "_") + "_weight_codes"]
+        assert stored.dtype.name == "uint8"
+        assert torch.equal(torch.from_numpy(stored.astype("int64")) - 128,
+                           layer.weight_codes.t() if layer.kind == "linear"
+                           else layer.weight_codes)
+
+
+@needs_onnx
+def test_integer_graph_of_lsq_and_of_signed_inputs(tmp_path):
+    lsq = converted(trained_like(), 3, "lsq")  # two's-complement weights
+    path = E.export_onnx(lsq, tmp_path / "lsq.onnx", torch.randn(1, 3, 32, 32), integer=True,
+                         nine_bit="split")
+    assert_integer_graph(lsq, path, torch.randn(2, 3, 32, 32))
+    run = imagenet_run_dir(tmp_path, "mobilenetv2_w1", 2)  # odd-code (signed) inputs, groups
+    mobilenet = E.load_run_model(run)
+    path = E.export_onnx(mobilenet, tmp_path / "m.onnx", torch.randn(1, 3, 32, 32), integer=True,
+                         nine_bit="split")
+    assert_integer_graph(mobilenet, path, torch.randn(2, 3, 32, 32))
+
+
+@needs_onnx
+def test_integer_graph_rejects_an_unknown_nine_bit_choice(tmp_path):
+    with pytest.raises(ValueError, match="nine_bit"):
+        E.build_onnx(converted(trained_like(), 2), torch.randn(1, 3, 32, 32), integer=True,
+                     nine_bit="int16")
+    qdq = E.export_onnx(converted(trained_like(), 2), tmp_path / "q.onnx",
+                        torch.randn(1, 3, 32, 32))
+    with pytest.raises(ValueError, match="not an integer graph"):
+        E.integer_layers(qdq)
 
 
 def imagenet_run_dir(tmp_path, arch, bits):
@@ -382,9 +473,9 @@ def test_imagenet_run_loads_exports_and_onnxruntime_agrees(arch, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("UNIQ_EXPORT_ALL"),
-                    reason="UNIQ_EXPORT_ALL=1 runs every ImageNet model at 1-4 bits (minutes)")
+                    reason="UNIQ_EXPORT_ALL=1 runs every ImageNet model at 1-4, 8 bits (minutes)")
 @needs_onnx
-@pytest.mark.parametrize("bits", [1, 2, 3, 4])
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 8])
 @pytest.mark.parametrize("arch", IMAGENET_MODELS)
 def test_every_imagenet_model_at_every_bit_width(arch, bits, tmp_path):
     from uniq.imagenet import adaptive_pooling
@@ -395,6 +486,9 @@ def test_every_imagenet_model_at_every_bit_width(arch, bits, tmp_path):
     model = converted(model, bits, "uniq", granularity, x=torch.randn(4, 3, 64, 64), init="lsq")
     path = E.export_onnx(model, tmp_path / "m.onnx", torch.randn(1, 3, 64, 64))
     assert_parity(model, path, torch.randn(4, 3, 64, 64))
+    path = E.export_onnx(model, tmp_path / "i.onnx", torch.randn(1, 3, 64, 64), integer=True,
+                         nine_bit="split")
+    assert_integer_graph(model, path, torch.randn(2, 3, 64, 64))
 
 
 # --- bad input and the command line -----------------------------------------------------------
@@ -452,9 +546,39 @@ def test_cli_exports_a_cifar_run_and_refuses_bad_run_dirs(tmp_path, capsys):
     assert out.is_file() and report["allclose"] and report["top1_agree_forced"] == 1.0
     assert report["opset"] == E.OPSET and report["input"] == [4, 3, 32, 32]
 
+    integer = tmp_path / "out" / "int.onnx"
+    assert main(["export", str(run), "-o", str(integer), "--batch", "2", "--integer"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["form"] == "integer" and report["allclose"] and report["missing"] == []
+    assert report["qdq_layers"] == ["conv1", "fc"]  # 8-bit odd codes (9 bits) stay QDQ
+
     missing = tmp_path / "nothing.onnx"
     assert main(["export", str(tmp_path / "no-such-run"), "-o", str(missing)]) == 2
     assert "not found" in capsys.readouterr().err
     (run / "model.pt").rename(run / "moved.pt")
     assert main(["export", str(run), "-o", str(missing)]) == 2
     assert "model.pt" in capsys.readouterr().err and not missing.exists()
+
+
+@needs_onnx
+def test_latency_table_times_the_float32_and_integer_graphs_of_one_network(tmp_path):
+    """The float32 file is the float model (PyTorch's logits to float tolerance); the table has
+    one row per batch and thread count, and the speedup is the ratio of its two columns. No
+    timing is asserted: speed depends on the machine."""
+    from uniq import latency as L
+
+    fp = trained_like()
+    x = torch.randn(2, 3, 32, 32)
+    path = L.export_float_onnx(fp, tmp_path / "fp.onnx", x)
+    got = E.onnx_session(path, 1, spin=False).run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        want = fp(x).numpy()
+    assert torch.allclose(torch.from_numpy(got), torch.from_numpy(want), rtol=1e-4,
+                          atol=1e-5 * float(abs(want).max()))
+    graphs = {"float32": path,
+              "integer": E.export_onnx(converted(fp, 2), tmp_path / "int.onnx", x, integer=True)}
+    table = L.latency_table(graphs, 32, batches=(1, 2), threads=(1,), repeats=2)
+    assert table[["batch", "threads"]].values.tolist() == [[1, 1], [2, 1]]
+    assert (table.integer_speedup == table.float32_ms / table.integer_ms).all()
+    assert (table[["float32_ms", "integer_ms"]] > 0).all().all()
+    assert "logical CPUs" in L.cpu_name()

@@ -22,6 +22,12 @@ Full-precision layers stay float. ``QuantizeLinear`` divides and rounds half to 
 ``torch.round`` does, so for the same float input every code matches PyTorch's; the float
 convolutions between quantizers sum in a different order, which moves logits by float rounding.
 
+``integer=True`` writes the integer graph instead: each quantized layer's input codes (int8)
+and weight codes (uint8 ``code + 128``, zero point 128) go into ``ConvInteger`` /
+``MatMulInteger``, which accumulate exactly in int32, and one ``DequantizeLinear`` multiplies
+the accumulator by ``scale_x * scale_w`` per output channel. Layers with 9-bit odd codes
+(8-bit UniQ) stay QDQ, or with ``nine_bit="split"`` are split exactly into int8 kernels.
+
 Needs the ``export`` extra (``onnx``, ``onnxruntime``); they are imported only when used.
 """
 
@@ -44,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .integer import IntegerGrid, integer_grid, to_codes
+from .integer import IntegerGrid, from_codes, integer_grid, to_codes
 from .modules import QConv2d, QLinear, Quantizer, quantizers
 
 OPSET = 13
@@ -123,7 +129,15 @@ def _quantized_weight(g: _Graph, layer: QConv2d | QLinear, base: str) -> str:
     return _dequantize(g, stored, grid, f"{base}_weight", None if grid.step.dim() == 0 else 0)
 
 
-def _quantized_input(g: _Graph, x: str, quantizer: Quantizer, base: str) -> str:
+def _input_codes(g: _Graph, x: str, quantizer: Quantizer, base: str, signed: bool = False
+                 ) -> tuple[str, IntegerGrid, str | None]:
+    """The codes of a layer's input: ``(codes, grid, levels)``.
+
+    Unsigned (Eq. 5) and LSQ inputs: ``codes`` is ``QuantizeLinear``'s output in the grid's
+    container, or in int8 where ``signed`` and the codes fit (after a Clip to the b-bit range
+    when it is narrower than the container). Signed UniQ inputs (Eq. 3): ``codes`` is the
+    float odd code ``q = 2k - (N-1)`` and ``levels`` the float level index ``k`` it came from
+    (``None`` otherwise)."""
     grid = integer_grid(quantizer, f"{base}.act_quantizer")
     if grid.step.numel() != 1:
         raise ValueError(f"{base}: only layer-wise (one step) input quantizers can be exported")
@@ -138,11 +152,11 @@ def _quantized_input(g: _Graph, x: str, quantizer: Quantizer, base: str) -> str:
         k = g.node("Round", [u], f"{b}_level")
         q = g.node("Sub", [g.node("Mul", [k, g.const(2.0, f"{b}_two")], f"{b}_twice"),
                            g.const(grid.levels, f"{b}_offset")], f"{b}_odd")
-        onnx_type = g.onnx.helper.np_dtype_to_tensor_dtype(np.dtype(_NP_TYPES[grid.container]))
-        codes = g.node("Cast", [q], f"{b}_codes", to=onnx_type)
-        return _dequantize(g, codes, grid, b, None)
+        return q, grid, k
     low, high = grid.code_range
     container = _NP_TYPES[grid.container]
+    if signed and high <= np.iinfo(np.int8).max:
+        container = np.int8
     info = np.iinfo(container)
     if (low, high) != (info.min, info.max):
         # QuantizeLinear saturates only at the container's limits; clip to the b-bit range.
@@ -152,8 +166,141 @@ def _quantized_input(g: _Graph, x: str, quantizer: Quantizer, base: str) -> str:
                    f"{b}_clipped")
     zero = g.const(np.zeros((), container), f"{b}_zero_point", container)
     scale = g.const(step, f"{b}_scale")
-    codes = g.node("QuantizeLinear", [x, scale, zero], f"{b}_codes", doc=_describe(grid))
-    return g.node("DequantizeLinear", [codes, scale, zero], f"{b}_dq", doc=_describe(grid))
+    return g.node("QuantizeLinear", [x, scale, zero], f"{b}_codes", doc=_describe(grid)), grid, None
+
+
+def _onnx_type(g: _Graph, dtype) -> int:
+    return g.onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+
+
+def _quantized_input(g: _Graph, x: str, quantizer: Quantizer, base: str) -> str:
+    codes, grid, _ = _input_codes(g, x, quantizer, base)
+    if grid.kind == "symmetric":
+        codes = g.node("Cast", [codes], f"{base}_input_codes",
+                       to=_onnx_type(g, _NP_TYPES[grid.container]))
+    return _dequantize(g, codes, grid, f"{base}_input", None)
+
+
+# --- integer layers (export with integer=True) -----------------------------------------------
+
+# Integer kernels are fed int8 inputs and uint8 weights (code + 128, zero point 128): with
+# int8 weights onnxruntime 1.32's ConvInteger took a slow path, 4-12x slower per convolution
+# on this project's 2-core Xeon (see the README), and with uint8 weights no x86 kernel
+# multiplies uint8 by int8 with VPMADDUBSW, whose saturating int16 pair sums are inexact on
+# CPUs without VNNI.
+WEIGHT_ZERO_POINT = 128
+INTEGER_KERNELS = ("ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul",
+                   "com.microsoft.MatMulIntegerToFloat", "com.microsoft.QLinearConv")
+
+NINE_BIT = ("float", "split")
+
+
+def _nine_bit(m: QConv2d | QLinear) -> bool:
+    """Whether the layer's weight or input codes need more than 8 bits (9-bit odd codes)."""
+    grids = [integer_grid(q) for q in (m.weight_quantizer, m.act_quantizer)]
+    return any(g.container == torch.int32 for g in grids)
+
+
+def _nine_bit_input(quantizer: Quantizer) -> bool:
+    return integer_grid(quantizer).container == torch.int32
+
+
+Operand = list[tuple[int, str, str]]  # sum of coefficient * (tensor - zero point); "" = no zero
+
+
+def _input_operand(g: _Graph, x: str, quantizer: Quantizer, base: str
+                   ) -> tuple[Operand, IntegerGrid, str]:
+    """The input codes as int8/uint8 tensors, and the tensor to tap (codes, any type).
+
+    Odd codes that fit int8 (up to 7 bits) are one int8 tensor. The 9-bit odd codes of an
+    8-bit symmetric input are split exactly: ``q = 2m + v`` with ``m = k - 128`` in int8 and
+    ``v = 1`` on every real position; ``v`` is a uint8 tensor of ones shaped like one sample,
+    whose zero padding matches the zero padding of ``q``."""
+    codes, grid, levels = _input_codes(g, x, quantizer, base, signed=True)
+    b = f"{base}_input"
+    if grid.kind != "symmetric":
+        return [(1, codes, "")], grid, codes
+    if grid.container == torch.int8:
+        return [(1, g.node("Cast", [codes], f"{b}_codes", to=_onnx_type(g, np.int8)), "")], \
+            grid, codes
+    half = 2 ** (grid.bits - 1)
+    m = g.node("Cast", [g.node("Sub", [levels, g.const(float(half), f"{b}_half")],
+                               f"{b}_centred")], f"{b}_codes_half", to=_onnx_type(g, np.int8))
+    shape = g.node("Shape", [x], f"{b}_shape")
+    rest = g.node("Slice", [shape, g.const([1], f"{b}_from", np.int64),
+                            g.const([np.iinfo(np.int64).max], f"{b}_to", np.int64)], f"{b}_dims")
+    one = g.node("Concat", [g.const([1], f"{b}_one_sample", np.int64), rest],
+                 f"{b}_sample_shape", axis=0)
+    ones = g.onnx.helper.make_tensor("value", g.onnx.TensorProto.UINT8, [1], [1])
+    valid = g.node("ConstantOfShape", [one], f"{b}_valid", value=ones)
+    return [(2, m, ""), (1, valid, "")], grid, codes
+
+
+def _weight_operand(g: _Graph, codes: torch.Tensor, grid: IntegerGrid, base: str,
+                    linear: bool, groups: int) -> Operand:
+    """The weight codes as uint8 initializers ``code + 128`` with zero point 128 (see
+    ``WEIGHT_ZERO_POINT``). The 9-bit odd codes of an 8-bit symmetric weight are split exactly
+    as ``q = 2m + 1``, ``m`` in ``-128..127``, the ``1`` a tensor of ones (one output channel
+    when the layer has one group, broadcast over the others)."""
+    b = f"{base}_weight"
+    orient = (lambda t: t.t()) if linear else (lambda t: t)  # MatMulInteger wants (in, out)
+    zero = g.const(np.array(WEIGHT_ZERO_POINT, np.uint8), f"{b}_zero_point", np.uint8)
+
+    def stored(values: torch.Tensor, name: str) -> str:
+        return g.const(orient(values + WEIGHT_ZERO_POINT), name, np.uint8)
+
+    if grid.container != torch.int32:
+        return [(1, stored(codes, f"{b}_codes"), zero)]
+    shape = list(codes.shape)
+    shape[0] = 1 if groups == 1 else shape[0]
+    return [(2, stored((codes - 1) // 2, f"{b}_codes_half"), zero),
+            (1, stored(torch.ones(shape, dtype=torch.int64), f"{b}_ones"), zero)]
+
+
+def _integer_product(g: _Graph, xs: Operand, ws: Operand, base: str, conv: dict | None
+                     ) -> tuple[str, list[str]]:
+    """``sum_ij cx_i cw_j (x_i (*) w_j)`` in int32: ConvInteger (``conv``: its attributes) or
+    MatMulInteger per pair, then integer Mul/Add. Returns the sum and the kernel nodes."""
+    acc, kernels = None, []
+    for cx, x, zx in xs:
+        for cw, w, zw in ws:
+            inputs = [x, w, zx, zw] if zw else [x, w]
+            op = "MatMulInteger" if conv is None else "ConvInteger"
+            term = g.node(op, inputs, f"{base}_integer", **(conv or {}))
+            kernels.append(term)
+            if cx * cw != 1:
+                term = g.node("Mul", [term, g.const(np.array(cx * cw), f"{base}_coefficient",
+                                                    np.int32)], f"{base}_term")
+            acc = term if acc is None else g.node("Add", [acc, term], f"{base}_accumulator")
+    return acc, kernels
+
+
+def _integer_layer(g: _Graph, m: QConv2d | QLinear, x: str, base: str, conv: dict | None
+                   ) -> tuple[str, tuple[str, float], list[str], str]:
+    """A quantized layer computed in integers: ``y = (sx sw) * (x_codes (*) w_codes) + bias``,
+    the int32 accumulator cast to float and multiplied by one scale per output channel
+    (``sx sw``, rounded once to float32). Returns the output, the tapped input codes with
+    their scale, the integer kernel nodes and the int32 accumulator."""
+    xs, x_grid, tap = _input_operand(g, x, m.act_quantizer, base)
+    w_grid = integer_grid(m.weight_quantizer, f"{base}.weight_quantizer")
+    ws = _weight_operand(g, to_codes(m.weight, w_grid), w_grid, base, conv is None,
+                         (conv or {}).get("group", 1))
+    acc, kernels = _integer_product(g, xs, ws, base, conv)
+    # int32 -> float times the scale in one pass: DequantizeLinear computes float(acc) * scale,
+    # the same two roundings as a Cast and a Mul. Always per channel (a layer-wise scale
+    # repeated): onnxruntime propagates a per-tensor DequantizeLinear through later nodes by
+    # inserting QuantizeLinear copies, which cannot take an int32 zero point.
+    channels = m.out_channels if conv is not None else m.out_features
+    scale = (x_grid.scale.double().reshape(()) * w_grid.scale.double().flatten()).float()
+    scale = scale.expand(channels).contiguous()
+    zero = g.const(np.zeros(channels, np.int32), f"{base}_accumulator_zero_point", np.int32)
+    y = g.node("DequantizeLinear", [acc, g.const(scale, f"{base}_scale"), zero],
+               f"{base}_scaled" if m.bias is not None else base,
+               doc="int32 accumulator times scale_x * scale_w", axis=1 if conv is not None else -1)
+    if m.bias is not None:
+        bias = m.bias.detach().reshape(1, -1, 1, 1) if conv is not None else m.bias
+        y = g.node("Add", [y, g.const(bias, f"{base}_bias")], base)
+    return y, (tap, float(x_grid.scale.reshape(()))), kernels, acc
 
 
 class _Tracer(fx.Tracer):
@@ -169,8 +316,10 @@ SUPPORTED = ("Conv2d and Linear (quantized or not), BatchNorm, ReLU/ReLU6/Hardta
 
 
 class _Converter:
-    def __init__(self, model: nn.Module, example: torch.Tensor) -> None:
+    def __init__(self, model: nn.Module, example: torch.Tensor, integer: bool = False,
+                 nine_bit: str = "float") -> None:
         self.model = model
+        self.integer, self.nine_bit = integer, nine_bit
         self.modules = dict(model.named_modules())
         self.g = _Graph()
         try:
@@ -186,7 +335,13 @@ class _Converter:
         with torch.no_grad():
             ShapeProp(self.gm).propagate(example)
         self.names: dict[fx.Node, Any] = {}
-        self.taps: dict[str, str] = {}  # layer name -> output of its input's DequantizeLinear
+        # layer name -> its input's dequantized values (QDQ: DequantizeLinear's output) or, in
+        # an integer graph, its input codes, whose values are codes * tap_scales[layer]
+        self.taps: dict[str, str] = {}
+        self.tap_scales: dict[str, float] = {}
+        self.integer_kernels: dict[str, list[str]] = {}  # layer name -> its integer nodes
+        self.accumulators: dict[str, str] = {}  # layer name -> its int32 accumulator
+        self.qdq_layers: list[str] = []  # quantized layers an integer graph keeps in QDQ form
 
     def rank(self, node: fx.Node) -> int:
         return len(node.meta["tensor_meta"].shape)
@@ -279,25 +434,46 @@ class _Converter:
         g = self.g
         wq = getattr(m, "weight_quantizer", None)
         aq = getattr(m, "act_quantizer", None)
+        conv = None
+        if isinstance(m, nn.Conv2d):
+            if isinstance(m.padding, str) or m.padding_mode != "zeros":
+                raise ValueError(f"cannot export layer {name!r}: padding={m.padding!r}, "
+                                 f"padding_mode={m.padding_mode!r}; only numeric zero padding")
+            ph, pw = m.padding
+            conv = dict(kernel_shape=list(m.kernel_size), strides=list(m.stride),
+                        pads=[ph, pw, ph, pw], dilations=list(m.dilation), group=m.groups)
+        if self.integer and wq is not None and aq is not None and (
+                self.nine_bit == "split" or not _nine_bit(m)):
+            y, (tap, scale), kernels, acc = _integer_layer(g, m, x, base, conv)
+            self.taps[name], self.tap_scales[name] = tap, scale
+            self.integer_kernels[name], self.accumulators[name] = kernels, acc
+            return y
         if aq is not None:
             x = _quantized_input(g, x, aq, base)
             self.taps[name] = x
-        w = (_quantized_weight(g, m, base) if wq is not None
-             else g.const(m.weight, f"{base}_weight"))
+        if self.integer and wq is not None:
+            self.qdq_layers.append(name)  # 9-bit codes with nine_bit="float": a float kernel
+        if self.integer and wq is not None and (aq is None or _nine_bit_input(aq)):
+            # The weight stored dequantized (codes * scale: the fake-quantized weight bit for
+            # bit) is a constant that onnxruntime pre-packs and fuses with BatchNorm, which a
+            # DequantizeLinear output is not (preresnet18's 7x7 stem, batch 4: 46 ms behind a
+            # DequantizeLinear, 29 ms as a fused float conv). Only behind an int32 input: after
+            # an 8-bit DequantizeLinear onnxruntime would fuse DQ -> Conv -> Q into its own
+            # QLinearConv, whose requantisation rounds differently from PyTorch (3% of 8-bit
+            # codes differed).
+            grid = integer_grid(wq, f"{base}.weight_quantizer")
+            w = g.const(from_codes(to_codes(m.weight, grid), grid), f"{base}_weight_dequantized")
+        else:
+            w = (_quantized_weight(g, m, base) if wq is not None
+                 else g.const(m.weight, f"{base}_weight"))
         inputs = [x, w] + ([] if m.bias is None else [g.const(m.bias, f"{base}_bias")])
-        if isinstance(m, nn.Linear):
-            if self.rank(node.args[0]) == 2:
-                return g.node("Gemm", inputs, base, transB=1)
-            wt = g.node("Transpose", [w], f"{base}_weight_t", perm=[1, 0])
-            y = g.node("MatMul", [x, wt], f"{base}_matmul")
-            return y if m.bias is None else g.node("Add", [y, inputs[2]], base)
-        if isinstance(m.padding, str) or m.padding_mode != "zeros":
-            raise ValueError(f"cannot export layer {name!r}: padding={m.padding!r}, "
-                             f"padding_mode={m.padding_mode!r}; only numeric zero padding")
-        ph, pw = m.padding
-        return g.node("Conv", inputs, base, kernel_shape=list(m.kernel_size),
-                      strides=list(m.stride), pads=[ph, pw, ph, pw],
-                      dilations=list(m.dilation), group=m.groups)
+        if conv is not None:
+            return g.node("Conv", inputs, base, **conv)
+        if self.rank(node.args[0]) == 2:
+            return g.node("Gemm", inputs, base, transB=1)
+        wt = g.node("Transpose", [w], f"{base}_weight_t", perm=[1, 0])
+        y = g.node("MatMul", [x, wt], f"{base}_matmul")
+        return y if m.bias is None else g.node("Add", [y, inputs[2]], base)
 
     def flatten(self, node: fx.Node, x: str, start: int, end: int, base: str) -> str:
         rank = self.rank(node.args[0])
@@ -395,10 +571,20 @@ def check_exportable(model: nn.Module) -> None:
                          "layer; the exporter handles quantized conv and linear layers only")
 
 
-def build_onnx(model: nn.Module, example_input: torch.Tensor, opset: int = OPSET):
+def build_onnx(model: nn.Module, example_input: torch.Tensor, opset: int = OPSET,
+               integer: bool = False, nine_bit: str = "float"):
     """The ONNX model (an ``onnx.ModelProto``) of a converted, calibrated model; checked by
     ``onnx.checker``. ``example_input`` fixes the channels and is used to trace shapes; the
-    batch and spatial sizes stay dynamic."""
+    batch and spatial sizes stay dynamic. ``integer=False``: the QDQ form (float arithmetic on
+    dequantized codes); ``True``: every quantized layer computes in integers (ConvInteger /
+    MatMulInteger on int8/uint8 codes, int32 accumulation, one float scale per channel).
+    ``nine_bit`` (integer graphs): what a layer with 9-bit odd codes (8-bit UniQ, the first
+    and last layers) becomes: "float" keeps it in the QDQ form (a float kernel on exactly
+    dequantized codes), "split" computes it in int8 kernels too (``_input_operand``,
+    ``_weight_operand``: exact, but four integer kernels and extra int32 passes for the
+    first layer)."""
+    if nine_bit not in NINE_BIT:
+        raise ValueError(f"nine_bit must be one of {NINE_BIT}, got {nine_bit!r}")
     onnx = require("onnx")
     if opset < OPSET:
         raise ValueError(f"opset {opset} is too old: per-channel DequantizeLinear needs >= 13")
@@ -407,28 +593,36 @@ def build_onnx(model: nn.Module, example_input: torch.Tensor, opset: int = OPSET
     model.eval()
     try:
         device = next(model.parameters()).device  # the trace runs where the model lives
-        converter = _Converter(model, example_input.detach()[:1].to(device))
+        converter = _Converter(model, example_input.detach()[:1].to(device), integer,
+                               nine_bit)
         nodes, inits, inputs, outputs = converter.convert()
     finally:
         model.train(was_training)
-    graph = onnx.helper.make_graph(nodes, "uniq_qdq", inputs, outputs, initializer=inits)
+    form = "integer" if integer else "qdq"
+    graph = onnx.helper.make_graph(nodes, f"uniq_{form}", inputs, outputs, initializer=inits)
     proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)],
                                    producer_name="uniq", producer_version=_version())
     if opset <= 15:  # IR 8 covers these opsets and is read by older runtimes too
         proto.ir_version = min(proto.ir_version, 8)
     grids = {n: _describe(integer_grid(q, n)) for n, q in quantizers(model)}
-    onnx.helper.set_model_props(proto, {"uniq.quantizers": json.dumps(grids),
-                                        "uniq.input_taps": json.dumps(converter.taps)})
+    onnx.helper.set_model_props(proto, {
+        "uniq.form": form, "uniq.quantizers": json.dumps(grids),
+        "uniq.input_taps": json.dumps(converter.taps),
+        "uniq.input_tap_scales": json.dumps(converter.tap_scales),
+        "uniq.integer_kernels": json.dumps(converter.integer_kernels),
+        "uniq.accumulators": json.dumps(converter.accumulators),
+        "uniq.qdq_layers": json.dumps(converter.qdq_layers)})
     onnx.checker.check_model(proto, full_check=True)
     return proto
 
 
 def export_onnx(model: nn.Module, path: str | Path, example_input: torch.Tensor,
-                opset: int = OPSET) -> Path:
-    """Write the QDQ ONNX file of a converted, calibrated model. The file appears only when the
-    whole export succeeded (written to a temporary file in the same folder, then renamed)."""
+                opset: int = OPSET, integer: bool = False, nine_bit: str = "float") -> Path:
+    """Write the ONNX file of a converted, calibrated model (QDQ, or ``integer=True``: integer
+    kernels, see ``build_onnx``). The file appears only when the whole export succeeded
+    (written to a temporary file in the same folder, then renamed)."""
     onnx = require("onnx")
-    proto = build_onnx(model, example_input, opset)
+    proto = build_onnx(model, example_input, opset, integer, nine_bit)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -493,7 +687,17 @@ def check_parity(model: nn.Module, path: str | Path, x: torch.Tensor, rtol: floa
     taps: dict[str, str] = json.loads(props["uniq.input_taps"])
     feed = {INPUT_NAME: x.detach().cpu().float().numpy()}
     free = onnx_session(path, threads=1, spin=False).run(None, feed)[0]
-    for name in taps.values():
+    scales: dict[str, float] = json.loads(props.get("uniq.input_tap_scales", "{}"))
+    for layer, name in list(taps.items()):
+        if layer in scales:  # integer graph: tap the codes, dequantize them here
+            value = f"uniq_tap_{len(proto.graph.node)}"
+            proto.graph.initializer.append(onnx.numpy_helper.from_array(
+                np.array(scales[layer], np.float32), f"{value}_scale"))
+            proto.graph.node.extend([
+                onnx.helper.make_node("Cast", [name], [f"{value}_codes"],
+                                      to=onnx.TensorProto.FLOAT),
+                onnx.helper.make_node("Mul", [f"{value}_codes", f"{value}_scale"], [value])])
+            taps[layer] = name = value
         proto.graph.output.append(onnx.helper.make_tensor_value_info(
             name, onnx.TensorProto.FLOAT, None))
     tapped = onnx_session(proto.SerializeToString(), threads=1, spin=False)
@@ -639,15 +843,40 @@ def onnx_summary(path: str | Path) -> dict[str, Any]:
     shows whether it fused anything into integer kernels)."""
     onnx, ort = require("onnx"), require("onnxruntime")
     proto = onnx.load(str(path))
+    optimized = _optimized(path)
+    return {"file_bytes": Path(path).stat().st_size, "opset": proto.opset_import[0].version,
+            "onnx": onnx.__version__, "onnxruntime": ort.__version__, "ops": _op_counts(proto),
+            "onnxruntime_ops": _op_counts(optimized)}
+
+
+def integer_layers(path: str | Path) -> dict[str, Any]:
+    """Which quantized layers of an integer graph onnxruntime runs with an integer kernel after
+    its own graph optimisation (``integer_layers``), which it does not (``missing``: must be
+    empty), and which the file keeps in the QDQ form (``qdq_layers``). A layer counts when one
+    of its integer nodes (named in the file's ``uniq.integer_kernels``) is in the optimised
+    graph as an integer operator (``INTEGER_KERNELS``)."""
+    onnx = require("onnx")
+    props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    if props.get("uniq.form") != "integer":
+        raise ValueError(f"{path} is not an integer graph (export it with integer=True)")
+    kernels: dict[str, list[str]] = json.loads(props["uniq.integer_kernels"])
+    optimized = _optimized(path)
+    integer_nodes = {n.name for n in optimized.graph.node
+                     if (f"{n.domain}.{n.op_type}" if n.domain else n.op_type) in INTEGER_KERNELS}
+    ran = [layer for layer, names in kernels.items() if integer_nodes & set(names)]
+    return {"integer_layers": ran, "missing": sorted(set(kernels) - set(ran)),
+            "qdq_layers": json.loads(props["uniq.qdq_layers"])}
+
+
+def _optimized(path: str | Path):
+    """The graph onnxruntime's CPU provider runs after its own optimisations."""
+    onnx, ort = require("onnx"), require("onnxruntime")
     with tempfile.TemporaryDirectory() as tmp:
         options = ort.SessionOptions()
         options.log_severity_level = 3
         options.optimized_model_filepath = os.path.join(tmp, "optimized.onnx")
         ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        optimized = onnx.load(options.optimized_model_filepath)
-    return {"file_bytes": Path(path).stat().st_size, "opset": proto.opset_import[0].version,
-            "onnx": onnx.__version__, "onnxruntime": ort.__version__, "ops": _op_counts(proto),
-            "onnxruntime_ops": _op_counts(optimized)}
+        return onnx.load(options.optimized_model_filepath)
 
 
 def cmd_export(a: argparse.Namespace) -> int:
@@ -657,18 +886,22 @@ def cmd_export(a: argparse.Namespace) -> int:
         size = a.image_size or run_input_size(a.run_dir)
         g = torch.Generator().manual_seed(a.seed)
         x = torch.randn(a.batch, 3, size, size, generator=g)
-        path = export_onnx(model, a.output, x)
+        path = export_onnx(model, a.output, x, integer=a.integer, nine_bit=a.nine_bit)
     except ImportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    report: dict[str, Any] = {"onnx": str(path), "opset": OPSET, "input": [a.batch, 3, size, size]}
+    report: dict[str, Any] = {"onnx": str(path), "opset": OPSET, "input": [a.batch, 3, size, size],
+                              "form": "integer" if a.integer else "qdq"}
+    if a.integer:
+        report.update(integer_layers(path))
     if not a.no_check:
         parity = check_parity(model, path, x)
         report.update({k: v for k, v in parity.items() if not k.endswith("_logits")},
                       check_input="Gaussian noise (the data are not needed to check the graph)")
     print(json.dumps(report, indent=2))
     agree = report.get("allclose") and report.get("top1_agree_forced") == 1.0
-    return 0 if a.no_check or agree else 1
+    integer_ok = not report.get("missing")
+    return 0 if (a.no_check or agree) and integer_ok else 1
 
 
 def add_export_parser(subparsers) -> argparse.ArgumentParser:
@@ -685,10 +918,18 @@ def add_export_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=8, help="check batch size")
     p.add_argument("--seed", type=int, default=0, help="seed of the check batch")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
+    p.add_argument("--integer", action="store_true",
+                   help="compute every quantized layer with integer kernels (ConvInteger / "
+                        "MatMulInteger) instead of the QDQ form's float kernels")
+    p.add_argument("--nine-bit", choices=NINE_BIT, default="float",
+                   help="with --integer: layers whose odd codes need 9 bits (8-bit UniQ first "
+                        "and last layers) stay QDQ (float, the default: faster) or are split "
+                        "into int8 kernels (split: every quantized layer in integers)")
     p.set_defaults(func=cmd_export)
     return p
 
 
-__all__ = ["OPSET", "build_onnx", "export_onnx", "check_exportable", "onnx_session",
+__all__ = ["OPSET", "INTEGER_KERNELS", "NINE_BIT", "build_onnx", "export_onnx",
+           "check_exportable", "onnx_session", "integer_layers",
            "check_parity", "measure_latency", "load_run_model", "load_run_batch",
            "onnx_summary", "add_export_parser"]
