@@ -190,6 +190,7 @@ def test_two_process_cifar_matches_one_process(tmp_path):
             _assert_same_weights(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_stop_after_and_resume_end_where_a_straight_run_ends(folder, tmp_path):
     straight = E.fit(small(folder, tmp_path / "straight", epochs=2), quiet=True)
     assert E.fit(small(folder, tmp_path / "resumed", epochs=2, stop_after=1), quiet=True) is None

@@ -56,6 +56,7 @@ def test_a_stale_lock_of_a_dead_process_is_recovered(tmp_path, capsys):
     assert f"recovered a stale lock left by pid {dead.pid}" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_busy_run_waits_by_default_or_stops_with_no_wait(tmp_path):
     cfg = tiny(tmp_path, epochs=1)
     with RunLock(cfg.run_dir(), say=lambda *a, **k: None):
@@ -73,6 +74,7 @@ def _stamps(run_dir: Path) -> dict:
             if p.suffix in (".pt", ".json")}
 
 
+@pytest.mark.slow
 def test_fresh_retrains_the_run_asked_for_and_keeps_its_shared_parent(tmp_path):
     kw = {**TINY, "bits": 2, "epochs": 1, "runs_dir": tmp_path / "runs"}
     first = uniq_cli("train", *cli_args(**kw))
@@ -92,6 +94,7 @@ def test_fresh_retrains_the_run_asked_for_and_keeps_its_shared_parent(tmp_path):
     assert _stamps(parent_dir) == parent_before  # the shared parent is untouched
 
 
+@pytest.mark.slow
 def test_divergence_on_the_cli_is_a_message_with_the_way_on(tmp_path):
     out = uniq_cli("train", *cli_args(**{**RUN, "runs_dir": tmp_path, "lr": 1e8,
                                          "epochs": 3}))
@@ -100,6 +103,7 @@ def test_divergence_on_the_cli_is_a_message_with_the_way_on(tmp_path):
     assert "step must be positive" not in out.stderr.split("diverged")[0]
 
 
+@pytest.mark.slow
 def test_a_diverged_run_continues_from_its_last_good_checkpoint(tmp_path, monkeypatch):
     cfg = tiny(tmp_path, bits=2, epochs=3)
     real_step = E.train_step
@@ -148,6 +152,7 @@ def test_corrupt_run_files_give_the_file_and_the_remedy(finished, tmp_path, dama
         E.Run.load(copy).state_dict()
 
 
+@pytest.mark.slow
 def test_a_truncated_checkpoint_names_the_file_and_fresh(tmp_path):
     cfg = tiny(tmp_path, epochs=2, stop_after=1)
     assert E.fit(cfg, quiet=True) is None

@@ -191,6 +191,7 @@ def broken(tmp_path):
     return nbs
 
 
+@pytest.mark.slow
 def test_a_failing_notebook_is_reported_and_exits_non_zero(broken, tmp_path, capsys):
     out = tmp_path / "out"
     assert reproduce("smoke", out_dir=out, notebooks_dir=broken) == 1
