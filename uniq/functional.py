@@ -15,10 +15,14 @@ the straight-through estimator (STE) for ``round`` and the exact derivative of `
 ``grad_scale`` multiplies only the step's gradient (LSQ's ``1/sqrt(n * Qp)`` trick, with ``n``
 the number of elements one step value quantizes; ``uniq.modules.Quantizer`` computes it).
 
-The functions are written with the "detach trick" rather than a custom autograd.Function so that
-``torch.compile(fullgraph=True)`` traces them without graph breaks, and so that autograd reduces
-the step's gradient over broadcast dimensions by itself. The trick is arranged so the forward value
-is bit-exact: ``(t - t.detach()) + r.detach()`` evaluates to ``0 + r``.
+All three quantizers are one clip-then-round operation, ``FakeQuantize``: a custom
+autograd.Function whose backward pass computes both straight-through gradients in three passes
+over the input (the composite form's autograd graph took about a dozen). The forward value is
+bit-exact with the plain expression ``(round(clip(x/D + o)) - o) D``; the gradients are the
+straight-through ones above up to float rounding (``d out / d x`` is exactly 1 or 0).
+``torch.compile(fullgraph=True)`` traces the Function without graph breaks.
+``reference_quantize`` keeps the composite "detach trick" form (``(t - t.detach()) +
+r.detach()``, which autograd differentiates by itself) as an independent check of the fused one.
 
 Steps stay positive: the step used in the forward pass is ``max(step, MIN_STEP)`` with a
 straight-through gradient, so an optimizer that pushes a step through zero cannot produce a
@@ -131,6 +135,86 @@ def positive_step(step: torch.Tensor) -> torch.Tensor:
     return (step - step.detach()) + step.detach().clamp_min(MIN_STEP)
 
 
+def reference_quantize(x: torch.Tensor, step: torch.Tensor, lo: float, hi: float, offset: float,
+                       grad_scale: float = 1.0) -> torch.Tensor:
+    """``(round(clip(x/D + o, lo, hi)) - o) D`` written with the detach trick: autograd derives
+    the straight-through gradients itself. Slower than ``FakeQuantize`` (more passes over ``x``);
+    kept as the check that the fused backward pass is the same derivative."""
+    d = positive_step(scale_grad(step, grad_scale))
+    u = torch.clamp(x / d + offset, lo, hi)
+    return (round_ste(u) - offset) * d
+
+
+class FakeQuantize(torch.autograd.Function):
+    """``(round(clip(v, lo, hi)) - o) D`` with ``v = x/D + o`` and ``D = max(step, MIN_STEP)``.
+
+    Eq. 3 is ``lo, hi, o = 0, N-1, (N-1)/2``; Eq. 5 is ``0, N-1, 0``; LSQ ``-Qn, Qp, 0``. With
+    ``m`` = ``lo < v < hi`` (the open range, as ``torch.clamp``'s gradient) and ``q = round(clip(v))
+    - o`` (the level index, ``out = q D``), the straight-through derivatives are
+
+    * ``d out / d x = m`` (one ``hardtanh_backward`` pass, no boolean mask stored);
+    * ``d out / d D = q - m (v - o)``: ``round(v) - v`` inside, the clip level ``- o`` outside;
+      the step's gradient is its sum over the elements that share a step value, weighted by the
+      incoming gradient, times ``grad_scale``: ``sum(g q) - sum(g m (x/D))``.
+
+    The forward pass keeps ``v`` and ``q``; the backward pass is three passes over ``x`` where
+    the composite form took about a dozen (the profile is in ``benchmarks/train_step.py``).
+    """
+
+    @staticmethod
+    def forward(ctx, x, step, lo: float, hi: float, offset: float, grad_scale: float):
+        d = step.clamp_min(MIN_STEP)
+        v = x / d
+        if offset:
+            v.add_(offset)
+        q = v.clamp(lo, hi).round_()
+        if offset:
+            q.sub_(offset)
+        ctx.save_for_backward(v, q)
+        ctx.bounds, ctx.grad_scale = (lo, hi, offset), grad_scale
+        ctx.step_shape, ctx.step_dtype = step.shape, step.dtype
+        return q * d
+
+    @staticmethod
+    def backward(ctx, grad):
+        v, q = ctx.saved_tensors
+        lo, hi, offset = ctx.bounds
+        grad_v = torch.ops.aten.hardtanh_backward(grad, v, lo, hi)  # g m
+        grad_step = None
+        if ctx.needs_input_grad[1]:
+            x_over_d = v - offset if offset else v
+            grad_step = _weighted_sum(grad, q, ctx.step_shape) - _weighted_sum(
+                grad_v, x_over_d, ctx.step_shape)
+            if ctx.grad_scale != 1.0:
+                grad_step = grad_step * ctx.grad_scale
+            grad_step = grad_step.to(ctx.step_dtype)
+        return (grad_v if ctx.needs_input_grad[0] else None), grad_step, None, None, None, None
+
+
+def _weighted_sum(a: torch.Tensor, b: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """``(a * b)`` summed to ``shape`` (a step's shape); one pass without a temporary for a
+    layer-wise step on contiguous CPU tensors."""
+    if len(shape) == 0 and a.device.type == "cpu" and a.is_contiguous() and b.is_contiguous():
+        return torch.dot(a.view(-1), b.view(-1))
+    return (a * b).sum_to_size(shape)
+
+
+def fake_quantize(x: torch.Tensor, step: torch.Tensor, lo: float, hi: float, offset: float,
+                  grad_scale: float = 1.0) -> torch.Tensor:
+    """``FakeQuantize`` when a gradient is wanted; the forward expression alone otherwise
+    (evaluation, calibration), which skips the mask and the stored derivative."""
+    if torch.is_grad_enabled() and (x.requires_grad or step.requires_grad):
+        return FakeQuantize.apply(x, step, lo, hi, offset, grad_scale)
+    d = step.clamp_min(MIN_STEP)
+    v = x / d
+    if offset:
+        v.add_(offset)
+    r = v.clamp_(lo, hi).round_()
+    if offset:
+        r.sub_(offset)
+    return r.mul_(d)
+
+
 @_in_float32
 def symmetric_quantize(
     x: torch.Tensor, step: torch.Tensor | float, bits: int, grad_scale: float = 1.0
@@ -138,15 +222,13 @@ def symmetric_quantize(
     """UniQ's symmetric quantizer for weights (Eq. 3): ``round(clip_N((x + a)/D)) D - a``.
 
     ``N = 2**bits`` levels at ``(k - (N-1)/2) D``, ``a = D (N-1)/2``; there is no zero level,
-    and ``bits=1`` is the binary case ``+-D/2``. Clip happens before round.
+    and ``bits=1`` is the binary case ``+-D/2``. Clip happens before round; computed as
+    ``(round(clip(x/D + (N-1)/2, 0, N-1)) - (N-1)/2) D``.
     """
     bits = check_bits(bits)
     step = _check_inputs(x, step, "symmetric_quantize")
     levels = 2**bits - 1  # N - 1
-    half = levels / 2
-    d = positive_step(scale_grad(step, grad_scale))
-    u = torch.clamp(x / d + half, 0, levels)
-    return (round_ste(u) - half) * d
+    return fake_quantize(x, step, 0, levels, levels / 2, grad_scale)
 
 
 @_in_float32
@@ -156,9 +238,7 @@ def unsigned_quantize(
     """UniQ's activation quantizer (Eq. 5): ``round(clip_N(x / D)) D``, levels ``0 .. (N-1) D``."""
     bits = check_bits(bits)
     step = _check_inputs(x, step, "unsigned_quantize")
-    levels = 2**bits - 1
-    d = positive_step(scale_grad(step, grad_scale))
-    return round_ste(torch.clamp(x / d, 0, levels)) * d
+    return fake_quantize(x, step, 0, 2**bits - 1, 0.0, grad_scale)
 
 
 def lsq_range(bits: int, signed: bool) -> tuple[int, int]:
@@ -177,8 +257,7 @@ def lsq_quantize(
     """
     qn, qp = lsq_range(bits, signed)
     step = _check_inputs(x, step, "lsq_quantize")
-    s = positive_step(scale_grad(step, grad_scale))
-    return round_ste(torch.clamp(x / s, -qn, qp)) * s
+    return fake_quantize(x, step, -qn, qp, 0.0, grad_scale)
 
 
 def step_grad_scale(n: int, bits: int, signed: bool, method: str = "uniq") -> float:
