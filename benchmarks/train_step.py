@@ -29,58 +29,14 @@ from pathlib import Path
 
 import torch
 
-from uniq import distributed
 from uniq import functional as QF
-from uniq.cifar import CifarConfig
-from uniq.engine import prepare, train_step
+from uniq.doctor import time_pair
 from uniq.modules import quantizers
-
-
-def _session(cfg: CifarConfig):
-    cfg = cfg.resolved()
-    s = prepare(cfg, distributed.init(cfg.device))
-
-    def batches():
-        epoch = 0
-        while True:
-            s.data.train.set_epoch(epoch)
-            yield from s.data.train
-            epoch += 1
-
-    stream = batches()
-
-    def step():
-        x, y = next(stream)  # the data path is part of the measurement
-        train_step(s.net, s.optimizer, x, y, cfg.precision)
-
-    return s, step
 
 
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-
-
-def time_pair(common: dict, bits: int, warmup: int, steps: int) -> dict:
-    """Median ms per step of full precision and of ``bits``-bit UniQ, timed alternately."""
-    device = common["device"]
-    sessions = {"fp": _session(CifarConfig(**common)),
-                "uniq": _session(CifarConfig(bits=bits, **common))}
-    times: dict[str, list[float]] = {"fp": [], "uniq": []}
-    for _, step in sessions.values():
-        for _ in range(warmup):
-            step()
-    _sync(device)
-    for i in range(steps):
-        for name in ("fp", "uniq") if i % 2 == 0 else ("uniq", "fp"):
-            step = sessions[name][1]
-            t0 = time.perf_counter()
-            step()
-            _sync(device)
-            times[name].append((time.perf_counter() - t0) * 1e3)
-    fp, q = statistics.median(times["fp"]), statistics.median(times["uniq"])
-    return {"fp_ms": fp, "uniq_ms": q, "ratio": q / fp, "steps": steps, "warmup": warmup,
-            "sessions": sessions}
 
 
 def op_table(sessions: dict, device: str, steps: int = 3, top: int = 25) -> list[dict]:
