@@ -70,3 +70,38 @@ def test_quick_doctor_runs_every_group_on_the_cpu(tmp_path, capsys):
                     ("ddp", "2-process NCCL step = 1 process"),
                     ("loaders", "ImageNet JPEGs, GPU decode (decode_jpeg)")]:
             assert rows[key]["status"] == "skipped" and rows[key]["value"] == "no CUDA"
+
+
+def test_memory_cases_build_and_take_a_step_on_the_cpu():
+    """The models the GPU memory check builds: here one step at a tiny batch and size."""
+    from uniq.doctor import memory_cases
+    from uniq.engine import train_step
+
+    torch.manual_seed(0)
+    for name, build, batch, size, classes in memory_cases("paper"):
+        assert batch >= 128 and size >= 32
+        model = build()
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        x, y = torch.randn(2, 3, 32, 32), torch.randint(0, classes, (2,))
+        loss, _ = train_step(model, opt, x, y)
+        assert torch.isfinite(loss), name
+
+
+def test_tensor_decode_runs_on_the_cpu(tmp_path):
+    """The decode_jpeg path of the loader check (nvJPEG on a GPU), on the CPU."""
+    from uniq.doctor import _jpeg_folder, tensor_decode
+
+    root = _jpeg_folder(tmp_path / "jpeg", 6, (64, 48))
+    assert len(list((root / "train").rglob("*.JPEG"))) == 6
+    row = tensor_decode(root, torch.device("cpu"))
+    assert row.status == "pass" and row.data["images_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_ddp_equivalence_check_with_gloo(tmp_path):
+    """The doctor's 2-process check (NCCL on a GPU machine) through gloo on the CPU."""
+    from uniq.doctor import ddp_equivalence
+
+    row = ddp_equivalence("cpu", tmp_path, port=29533)
+    assert row.status == "pass", (row.value, row.data.get("stderr", "")[-2000:])
+    assert row.data["max_abs_diff"] < 1e-6
