@@ -16,13 +16,11 @@ the straight-through estimator (STE) for ``round`` and the exact derivative of `
 the number of elements one step value quantizes; ``uniq.modules.Quantizer`` computes it).
 
 All three quantizers are one clip-then-round operation, ``FakeQuantize``: a custom
-autograd.Function whose backward pass computes both straight-through gradients in three passes
-over the input (the composite form's autograd graph took about a dozen). The forward value is
-bit-exact with the plain expression ``(round(clip(x/D + o)) - o) D``; the gradients are the
-straight-through ones above up to float rounding (``d out / d x`` is exactly 1 or 0).
-``torch.compile(fullgraph=True)`` traces the Function without graph breaks.
-``reference_quantize`` keeps the composite "detach trick" form (``(t - t.detach()) +
-r.detach()``, which autograd differentiates by itself) as an independent check of the fused one.
+autograd.Function that computes the same forward value and the same gradients, bit for bit, as
+the composite "detach trick" form (``(t - t.detach()) + r.detach()``, kept as
+``reference_quantize``, which autograd differentiates by itself), in fewer passes over the input
+and with one autograd node instead of a dozen. ``torch.compile(fullgraph=True)`` traces it
+without graph breaks.
 
 Steps stay positive: the step used in the forward pass is ``max(step, MIN_STEP)`` with a
 straight-through gradient, so an optimizer that pushes a step through zero cannot produce a
@@ -152,13 +150,15 @@ class FakeQuantize(torch.autograd.Function):
     ``m`` = ``lo < v < hi`` (the open range, as ``torch.clamp``'s gradient) and ``q = round(clip(v))
     - o`` (the level index, ``out = q D``), the straight-through derivatives are
 
-    * ``d out / d x = m`` (one ``hardtanh_backward`` pass, no boolean mask stored);
-    * ``d out / d D = q - m (v - o)``: ``round(v) - v`` inside, the clip level ``- o`` outside;
-      the step's gradient is its sum over the elements that share a step value, weighted by the
-      incoming gradient, times ``grad_scale``: ``sum(g q) - sum(g m (x/D))``.
+    * ``d out / d x = m`` (STE for ``round``, the derivative of ``clip``);
+    * ``d out / d D = q - m x/D``: ``round(v) - v`` inside, the clip level ``- o`` outside.
 
-    The forward pass keeps ``v`` and ``q``; the backward pass is three passes over ``x`` where
-    the composite form took about a dozen (the profile is in ``benchmarks/train_step.py``).
+    The backward pass evaluates exactly the expressions autograd evaluates for the composite
+    form (``reference_quantize``), in the same order, so the gradients are the same bits: with
+    ``gm = m (g D)``, ``d x = gm / D`` and ``d D = sum(g q) - sum(gm (x/D)/D)``, each sum
+    reduced to the step's shape, times ``grad_scale``. What it saves is the composite form's
+    extra passes (the detach trick's dead ``t - t.detach()``, the ``where`` of ``clamp``'s
+    gradient, ``neg``) and its autograd nodes; the forward pass keeps ``v`` and ``q``.
     """
 
     @staticmethod
@@ -170,33 +170,31 @@ class FakeQuantize(torch.autograd.Function):
         q = v.clamp(lo, hi).round_()
         if offset:
             q.sub_(offset)
-        ctx.save_for_backward(v, q)
+        # x/D is v itself without an offset; with one (weights, small) x is kept to recompute it
+        ctx.save_for_backward(v, q, d, x if offset else None)
         ctx.bounds, ctx.grad_scale = (lo, hi, offset), grad_scale
         ctx.step_shape, ctx.step_dtype = step.shape, step.dtype
         return q * d
 
     @staticmethod
     def backward(ctx, grad):
-        v, q = ctx.saved_tensors
-        lo, hi, offset = ctx.bounds
-        grad_v = torch.ops.aten.hardtanh_backward(grad, v, lo, hi)  # g m
+        v, q, d, x = ctx.saved_tensors
+        lo, hi, _ = ctx.bounds
+        gm = grad * d
+        # clamp's gradient, written into gm's own memory (large CPU allocations cost a pass)
+        gm = torch.ops.aten.hardtanh_backward.grad_input(gm, v, lo, hi, grad_input=gm)
+        grad_x = gm / d if ctx.needs_input_grad[0] else None
         grad_step = None
         if ctx.needs_input_grad[1]:
-            x_over_d = v - offset if offset else v
-            grad_step = _weighted_sum(grad, q, ctx.step_shape) - _weighted_sum(
-                grad_v, x_over_d, ctx.step_shape)
+            x_over_d = v if x is None else x / d
+            # -sum(a) is sum(-a) bit for bit (rounding is symmetric): the composite form's
+            # "+ sum(-gm * ((x/D)/D))" without its negation pass
+            grad_step = ((grad * q).sum_to_size(ctx.step_shape)
+                         - (x_over_d / d).mul_(gm).sum_to_size(ctx.step_shape))
             if ctx.grad_scale != 1.0:
                 grad_step = grad_step * ctx.grad_scale
             grad_step = grad_step.to(ctx.step_dtype)
-        return (grad_v if ctx.needs_input_grad[0] else None), grad_step, None, None, None, None
-
-
-def _weighted_sum(a: torch.Tensor, b: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """``(a * b)`` summed to ``shape`` (a step's shape); one pass without a temporary for a
-    layer-wise step on contiguous CPU tensors."""
-    if len(shape) == 0 and a.device.type == "cpu" and a.is_contiguous() and b.is_contiguous():
-        return torch.dot(a.view(-1), b.view(-1))
-    return (a * b).sum_to_size(shape)
+        return grad_x, grad_step, None, None, None, None
 
 
 def fake_quantize(x: torch.Tensor, step: torch.Tensor, lo: float, hi: float, offset: float,
