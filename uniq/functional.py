@@ -154,7 +154,8 @@ class FakeQuantize(torch.autograd.Function):
     * ``d out / d D = q - m x/D``: ``round(v) - v`` inside, the clip level ``- o`` outside.
 
     The backward pass evaluates exactly the expressions autograd evaluates for the composite
-    form (``reference_quantize``), in the same order, so the gradients are the same bits: with
+    form (``reference_quantize``), in the same order, so the values and gradients are the same
+    bits (for finite inputs; a NaN input gets a NaN loss either way): with
     ``gm = m (g D)``, ``d x = gm / D`` and ``d D = sum(g q) - sum(gm (x/D)/D)``, each sum
     reduced to the step's shape, times ``grad_scale``. What it saves is the composite form's
     extra passes (the detach trick's dead ``t - t.detach()``, the ``where`` of ``clamp``'s
@@ -170,6 +171,8 @@ class FakeQuantize(torch.autograd.Function):
         q = v.clamp(lo, hi).round_()
         if offset:
             q.sub_(offset)
+        else:  # round(-0.3) is -0.0; the composite form's "0 + round(u)" gives +0.0: the same bits
+            q.add_(0.0)
         # x/D is v itself without an offset; with one (weights, small) x is kept to recompute it
         ctx.save_for_backward(v, q, d, x if offset else None)
         ctx.bounds, ctx.grad_scale = (lo, hi, offset), grad_scale
@@ -208,8 +211,7 @@ def fake_quantize(x: torch.Tensor, step: torch.Tensor, lo: float, hi: float, off
     if offset:
         v.add_(offset)
     r = v.clamp_(lo, hi).round_()
-    if offset:
-        r.sub_(offset)
+    r = r.sub_(offset) if offset else r.add_(0.0)  # -0.0 -> 0.0, as in FakeQuantize.forward
     return r.mul_(d)
 
 
