@@ -226,8 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--precisions", default="", help="comma list (default: fp32,bf16 on CUDA, "
                    "fp32 on the CPU)")
     d.add_argument("--modes", default="", help="comma list of eager, default, "
-                   "reduce-overhead, max-autotune (default: eager,default,reduce-overhead on "
-                   "CUDA; eager,default on the CPU; eager with --quick)")
+                   "reduce-overhead, max-autotune (default: eager,reduce-overhead on CUDA; "
+                   "eager on the CPU)")
     d.add_argument("--steps", type=int, default=0, help="timed steps of each kind")
     d.add_argument("--only", default="", help="comma list of check groups: versions, devices, "
                    "tf32, training, memory, ddp, loaders")
