@@ -136,8 +136,8 @@ def positive_step(step: torch.Tensor) -> torch.Tensor:
 def reference_quantize(x: torch.Tensor, step: torch.Tensor, lo: float, hi: float, offset: float,
                        grad_scale: float = 1.0) -> torch.Tensor:
     """``(round(clip(x/D + o, lo, hi)) - o) D`` written with the detach trick: autograd derives
-    the straight-through gradients itself. Slower than ``FakeQuantize`` (more passes over ``x``);
-    kept as the check that the fused backward pass is the same derivative."""
+    the straight-through gradients itself. Slower than ``FakeQuantize`` (more passes over ``x``,
+    a dozen autograd nodes); kept as the check that the fused one gives the same bits."""
     d = positive_step(scale_grad(step, grad_scale))
     u = torch.clamp(x / d + offset, lo, hi)
     return (round_ste(u) - offset) * d
@@ -202,8 +202,8 @@ class FakeQuantize(torch.autograd.Function):
 
 def fake_quantize(x: torch.Tensor, step: torch.Tensor, lo: float, hi: float, offset: float,
                   grad_scale: float = 1.0) -> torch.Tensor:
-    """``FakeQuantize`` when a gradient is wanted; the forward expression alone otherwise
-    (evaluation, calibration), which skips the mask and the stored derivative."""
+    """``FakeQuantize`` when a gradient is wanted; otherwise (evaluation, calibration) the same
+    forward expression computed in place, with nothing kept for a backward pass."""
     if torch.is_grad_enabled() and (x.requires_grad or step.requires_grad):
         return FakeQuantize.apply(x, step, lo, hi, offset, grad_scale)
     d = step.clamp_min(MIN_STEP)
