@@ -53,8 +53,9 @@ def test_bad_flags_are_one_line_errors(tmp_path, capsys, args, message):
     assert message in err and len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.slow
 def test_quick_doctor_runs_every_group_on_the_cpu(tmp_path, capsys):
+    """The CPU path of the whole doctor, as the issue asks of the default tier (2-7 s on 2
+    cores)."""
     torch.manual_seed(0)
     code, printed, report = _run(tmp_path, capsys, "--quick")
     rows = _check_structure(printed, report)
