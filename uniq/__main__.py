@@ -1,4 +1,4 @@
-"""Command line: ``python -m uniq {train,imagenet,runs,reproduce,table1} ...``.
+"""Command line: ``python -m uniq {train,imagenet,runs,reproduce,table1,export,doctor} ...``.
 
 ``train`` (CIFAR-100) and ``imagenet`` take one flag per field of their config dataclass
 (``uniq.cifar.CifarConfig``, ``uniq.imagenet.ImageNetConfig``), with the help text written once
@@ -163,6 +163,23 @@ def cmd_runs(a: argparse.Namespace) -> int:
     return 0
 
 
+def _names(text: str, what: str) -> tuple[str, ...]:
+    names = tuple(x.strip() for x in text.split(",") if x.strip())
+    if not names:
+        raise ValueError(f"{what} takes a comma-separated list, got {text!r}")
+    return names
+
+
+def cmd_doctor(a: argparse.Namespace) -> int:
+    from .doctor import GROUPS, Options, main
+
+    o = Options(device=a.device, quick=a.quick, profile=a.profile,
+                precisions=_names(a.precisions, "--precisions") if a.precisions else (),
+                modes=_names(a.modes, "--modes") if a.modes else (), steps=a.steps,
+                only=_names(a.only, "--only") if a.only else GROUPS, budget_s=a.budget)
+    return main(o, a.output)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .cifar import CifarConfig
     from .imagenet import ImageNetConfig
@@ -198,6 +215,25 @@ def build_parser() -> argparse.ArgumentParser:
     t1 = sub.add_parser("table1", help="print Table 1 computed from Eq. 7/8")
     t1.add_argument("--max-bits", type=int, default=4)
     t1.set_defaults(func=cmd_table1)
+    d = sub.add_parser("doctor", help="preflight a (GPU) machine in minutes: versions, TF32, "
+                       "training speed eager and compiled, memory, NCCL, loaders")
+    d.add_argument("-o", "--output", default="doctor.json", help="where to write the JSON")
+    d.add_argument("--device", default="auto")
+    d.add_argument("--quick", action="store_true", help="a tiny model and few steps, eager "
+                   "only (the test suite runs this on the CPU)")
+    d.add_argument("--profile", default="paper", choices=["smoke", "quick", "paper"],
+                   help="whose model and batch to time and fit in memory")
+    d.add_argument("--precisions", default="", help="comma list (default: fp32,bf16 on CUDA, "
+                   "fp32 on the CPU)")
+    d.add_argument("--modes", default="", help="comma list of eager, default, "
+                   "reduce-overhead, max-autotune (default: eager,reduce-overhead on CUDA; "
+                   "eager on the CPU)")
+    d.add_argument("--steps", type=int, default=0, help="timed steps of each kind")
+    d.add_argument("--only", default="", help="comma list of check groups: versions, devices, "
+                   "tf32, training, memory, ddp, loaders")
+    d.add_argument("--budget", type=_float, default=300.0, help="seconds; groups left when it "
+                   "is spent are reported as skipped")
+    d.set_defaults(func=cmd_doctor)
     from .export import add_export_parser
 
     add_export_parser(sub)

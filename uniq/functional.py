@@ -15,10 +15,12 @@ the straight-through estimator (STE) for ``round`` and the exact derivative of `
 ``grad_scale`` multiplies only the step's gradient (LSQ's ``1/sqrt(n * Qp)`` trick, with ``n``
 the number of elements one step value quantizes; ``uniq.modules.Quantizer`` computes it).
 
-The functions are written with the "detach trick" rather than a custom autograd.Function so that
-``torch.compile(fullgraph=True)`` traces them without graph breaks, and so that autograd reduces
-the step's gradient over broadcast dimensions by itself. The trick is arranged so the forward value
-is bit-exact: ``(t - t.detach()) + r.detach()`` evaluates to ``0 + r``.
+All three quantizers are one clip-then-round operation, ``FakeQuantize``: a custom
+autograd.Function that computes the same forward value and the same gradients, bit for bit, as
+the composite "detach trick" form (``(t - t.detach()) + r.detach()``, kept as
+``reference_quantize``, which autograd differentiates by itself), in fewer passes over the input
+and with one autograd node instead of a dozen. ``torch.compile(fullgraph=True)`` traces it
+without graph breaks.
 
 Steps stay positive: the step used in the forward pass is ``max(step, MIN_STEP)`` with a
 straight-through gradient, so an optimizer that pushes a step through zero cannot produce a
@@ -131,6 +133,88 @@ def positive_step(step: torch.Tensor) -> torch.Tensor:
     return (step - step.detach()) + step.detach().clamp_min(MIN_STEP)
 
 
+def reference_quantize(x: torch.Tensor, step: torch.Tensor, lo: float, hi: float, offset: float,
+                       grad_scale: float = 1.0) -> torch.Tensor:
+    """``(round(clip(x/D + o, lo, hi)) - o) D`` written with the detach trick: autograd derives
+    the straight-through gradients itself. Slower than ``FakeQuantize`` (more passes over ``x``,
+    a dozen autograd nodes); kept as the check that the fused one gives the same bits."""
+    d = positive_step(scale_grad(step, grad_scale))
+    u = torch.clamp(x / d + offset, lo, hi)
+    return (round_ste(u) - offset) * d
+
+
+class FakeQuantize(torch.autograd.Function):
+    """``(round(clip(v, lo, hi)) - o) D`` with ``v = x/D + o`` and ``D = max(step, MIN_STEP)``.
+
+    Eq. 3 is ``lo, hi, o = 0, N-1, (N-1)/2``; Eq. 5 is ``0, N-1, 0``; LSQ ``-Qn, Qp, 0``. With
+    ``m`` = ``lo < v < hi`` (the open range, as ``torch.clamp``'s gradient) and ``q = round(clip(v))
+    - o`` (the level index, ``out = q D``), the straight-through derivatives are
+
+    * ``d out / d x = m`` (STE for ``round``, the derivative of ``clip``);
+    * ``d out / d D = q - m x/D``: ``round(v) - v`` inside, the clip level ``- o`` outside.
+
+    The backward pass evaluates exactly the expressions autograd evaluates for the composite
+    form (``reference_quantize``), in the same order, so the values and gradients are the same
+    bits (for finite inputs; a NaN input gets a NaN loss either way): with
+    ``gm = m (g D)``, ``d x = gm / D`` and ``d D = sum(g q) - sum(gm (x/D)/D)``, each sum
+    reduced to the step's shape, times ``grad_scale``. What it saves is the composite form's
+    extra passes (the detach trick's dead ``t - t.detach()``, the ``where`` of ``clamp``'s
+    gradient, ``neg``) and its autograd nodes; the forward pass keeps ``v`` and ``q``.
+    """
+
+    @staticmethod
+    def forward(ctx, x, step, lo: float, hi: float, offset: float, grad_scale: float):
+        d = step.clamp_min(MIN_STEP)
+        v = x / d
+        if offset:
+            v.add_(offset)
+        q = v.clamp(lo, hi).round_()
+        if offset:
+            q.sub_(offset)
+        else:  # round(-0.3) is -0.0; the composite form's "0 + round(u)" gives +0.0: the same bits
+            q.add_(0.0)
+        # x/D is v itself without an offset; with one (weights, small) x is kept to recompute it
+        ctx.save_for_backward(v, q, d, x if offset else None)
+        ctx.bounds, ctx.grad_scale = (lo, hi, offset), grad_scale
+        ctx.step_shape, ctx.step_dtype = step.shape, step.dtype
+        return q * d
+
+    @staticmethod
+    def backward(ctx, grad):
+        v, q, d, x = ctx.saved_tensors
+        lo, hi, _ = ctx.bounds
+        gm = grad * d
+        # clamp's gradient, written into gm's own memory (large CPU allocations cost a pass)
+        gm = torch.ops.aten.hardtanh_backward.grad_input(gm, v, lo, hi, grad_input=gm)
+        grad_x = gm / d if ctx.needs_input_grad[0] else None
+        grad_step = None
+        if ctx.needs_input_grad[1]:
+            x_over_d = v if x is None else x / d
+            # -sum(a) is sum(-a) bit for bit (rounding is symmetric): the composite form's
+            # "+ sum(-gm * ((x/D)/D))" without its negation pass
+            grad_step = ((grad * q).sum_to_size(ctx.step_shape)
+                         - (x_over_d / d).mul_(gm).sum_to_size(ctx.step_shape))
+            if ctx.grad_scale != 1.0:
+                grad_step = grad_step * ctx.grad_scale
+            grad_step = grad_step.to(ctx.step_dtype)
+        return grad_x, grad_step, None, None, None, None
+
+
+def fake_quantize(x: torch.Tensor, step: torch.Tensor, lo: float, hi: float, offset: float,
+                  grad_scale: float = 1.0) -> torch.Tensor:
+    """``FakeQuantize`` when a gradient is wanted; otherwise (evaluation, calibration) the same
+    forward expression computed in place, with nothing kept for a backward pass."""
+    if torch.is_grad_enabled() and (x.requires_grad or step.requires_grad):
+        return FakeQuantize.apply(x, step, lo, hi, offset, grad_scale)
+    d = step.clamp_min(MIN_STEP)
+    v = x / d
+    if offset:
+        v.add_(offset)
+    r = v.clamp_(lo, hi).round_()
+    r = r.sub_(offset) if offset else r.add_(0.0)  # -0.0 -> 0.0, as in FakeQuantize.forward
+    return r.mul_(d)
+
+
 @_in_float32
 def symmetric_quantize(
     x: torch.Tensor, step: torch.Tensor | float, bits: int, grad_scale: float = 1.0
@@ -138,15 +222,13 @@ def symmetric_quantize(
     """UniQ's symmetric quantizer for weights (Eq. 3): ``round(clip_N((x + a)/D)) D - a``.
 
     ``N = 2**bits`` levels at ``(k - (N-1)/2) D``, ``a = D (N-1)/2``; there is no zero level,
-    and ``bits=1`` is the binary case ``+-D/2``. Clip happens before round.
+    and ``bits=1`` is the binary case ``+-D/2``. Clip happens before round; computed as
+    ``(round(clip(x/D + (N-1)/2, 0, N-1)) - (N-1)/2) D``.
     """
     bits = check_bits(bits)
     step = _check_inputs(x, step, "symmetric_quantize")
     levels = 2**bits - 1  # N - 1
-    half = levels / 2
-    d = positive_step(scale_grad(step, grad_scale))
-    u = torch.clamp(x / d + half, 0, levels)
-    return (round_ste(u) - half) * d
+    return fake_quantize(x, step, 0, levels, levels / 2, grad_scale)
 
 
 @_in_float32
@@ -156,9 +238,7 @@ def unsigned_quantize(
     """UniQ's activation quantizer (Eq. 5): ``round(clip_N(x / D)) D``, levels ``0 .. (N-1) D``."""
     bits = check_bits(bits)
     step = _check_inputs(x, step, "unsigned_quantize")
-    levels = 2**bits - 1
-    d = positive_step(scale_grad(step, grad_scale))
-    return round_ste(torch.clamp(x / d, 0, levels)) * d
+    return fake_quantize(x, step, 0, 2**bits - 1, 0.0, grad_scale)
 
 
 def lsq_range(bits: int, signed: bool) -> tuple[int, int]:
@@ -177,8 +257,7 @@ def lsq_quantize(
     """
     qn, qp = lsq_range(bits, signed)
     step = _check_inputs(x, step, "lsq_quantize")
-    s = positive_step(scale_grad(step, grad_scale))
-    return round_ste(torch.clamp(x / s, -qn, qp)) * s
+    return fake_quantize(x, step, -qn, qp, 0.0, grad_scale)
 
 
 def step_grad_scale(n: int, bits: int, signed: bool, method: str = "uniq") -> float:
