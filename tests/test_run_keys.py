@@ -94,3 +94,196 @@ def test_every_representative_command_keeps_its_key(name):
 
 def test_the_frozen_file_covers_every_command():
     assert set(_frozen()["commands"]) == set(COMMANDS)
+
+
+# --- identity: every field either changes the key or is placement (issue 19) -----------------
+
+# A different valid value for every config field of both tasks: a new field fails the walk
+# below until it is listed here (and then either hashed or in uniq.engine.PLACEMENT).
+ALTERNATIVES = {
+    "bits": 3, "method": "lsq", "init": 0.1, "grad_scale": False, "weight_granularity": "channel",
+    "signed_inputs": "unsigned", "init_scope": "all", "first_last_bits": 6,
+    "first_last_weight_granularity": "channel", "overrides": "FIRST=4", "recipe": "sgd-lr0.005",
+    "lr": 0.02, "warmup_epochs": 1.0, "weight_decay": 0.0, "warmup_scale": 0.5, "epochs": 7,
+    "batch_size": 64, "calib_batches": 3, "seed": 1, "precision": "bf16", "sync_bn": True,
+    "init_from": "OTHER", "init_from_run": "FILE", "dynamics_per_epoch": 1,
+    "compile": "default", "device": "cpu", "channels_last": True, "runs_dir": "elsewhere",
+    "data_dir": "other-data", "workers": 0, "log_every": 3, "stop_after": 1, "wait": False,
+    # CIFAR
+    "dataset": "cifar100", "data_fraction": 0.5, "synthetic_train": 256, "synthetic_test": 100,
+    "depth": 14, "loader": "dataloader", "fp_epochs": 2, "fp_seed": 1, "download": False,
+    "verify_data": False,
+    # ImageNet
+    "arch": "preresnet34", "pretrained": "pytorchcv", "image_size": 64, "augment": False,
+}
+TASK_ALTERNATIVES = {"imagenet": {"weight_granularity": "tensor"}}  # channel is its default
+WHERE_IT_MATTERS = {"warmup_scale": {"bits": 1}}
+BASES = {"cifar": dict(bits=2, init=0.2, dataset="synthetic", depth=8, epochs=2, fp_epochs=1),
+         "imagenet": dict(bits=2, init=0.2, pretrained="none", epochs=1)}
+
+
+def _alternative(cfg, name, tmp_path):
+    import dataclasses
+
+    from uniq.engine import FULL_PRECISION
+
+    value = {**ALTERNATIVES, **TASK_ALTERNATIVES.get(cfg.task, {})}[name]
+    if name == "overrides":  # the first layer's name, at 4 bits
+        from uniq.convert import probe_layers
+
+        order, _ = probe_layers(_fp_model(cfg), cfg.example_input())
+        value = f"{order[0]}=4"
+    if name == "init_from":
+        other = dataclasses.replace(cfg, bits=FULL_PRECISION, epochs=3, init=0.2,
+                                    init_from=None)
+        value = other.resolved().to_dict()
+    if name == "init_from_run":
+        path = tmp_path / "start.pt"
+        path.write_bytes(b"weights")
+        value = str(path)
+    return value
+
+
+def _fp_model(cfg):
+    from uniq.imagenet import ImageNetConfig
+
+    if isinstance(cfg, ImageNetConfig):
+        from uniq.models import imagenet_model
+
+        return imagenet_model(cfg.arch, False)
+    from uniq.models import preact_resnet
+
+    return preact_resnet(cfg.depth, 100)
+
+
+@pytest.mark.parametrize("task", ["cifar", "imagenet"])
+def test_every_field_is_hashed_or_placement_and_does_what_it_says(task, tmp_path):
+    """Changing a hashed field changes the key; changing a placement field keeps it."""
+    import dataclasses
+
+    from uniq.engine import ENTERS_VIA, PLACEMENT, TASKS, _task_class
+
+    _task_class(task)
+    cls = TASKS[task]
+    base = cls(**BASES[task], runs_dir=str(tmp_path))
+    names = [f.name for f in dataclasses.fields(cls)]
+    unlisted = sorted(set(names) - set(ALTERNATIVES))
+    assert not unlisted, f"new config field(s) {unlisted}: add to ALTERNATIVES, then hash them " \
+                         "or list them in uniq.engine.PLACEMENT with a reason"
+    for f in dataclasses.fields(cls):
+        hashed = f.metadata.get("hashed", True)
+        assert hashed != (f.name in PLACEMENT or f.name in ENTERS_VIA), \
+            (f.name, "a field is hashed, or placement, or enters the key through another")
+        # a field whose effect needs a setting: warm-up scaling needs a recipe with warm-up
+        start = dataclasses.replace(base, **WHERE_IT_MATTERS.get(f.name, {}))
+        value = _alternative(start, f.name, tmp_path)
+        if value == getattr(start, f.name):
+            continue  # e.g. ImageNet's own default
+        changed = dataclasses.replace(start, **{f.name: value})
+        if hashed or f.name in ENTERS_VIA:
+            assert changed.key() != start.key(), f"{task}.{f.name} is hashed but moves no key"
+        else:
+            assert changed.key() == start.key(), \
+                f"{task}.{f.name} is placement but moves the key"
+    for reason in PLACEMENT.values():
+        assert len(reason) > 20
+
+
+def test_loader_and_its_workers_name_the_run(tmp_path):
+    from conftest import tiny
+
+    tensor, loader = tiny(tmp_path, bits=2), tiny(tmp_path, bits=2, loader="dataloader")
+    assert tensor.key() != loader.key()
+    assert tiny(tmp_path, bits=2, workers=0).key() == tensor.key()  # tensor: placement
+    assert tiny(tmp_path, bits=2, loader="dataloader", workers=0).key() != loader.key()
+
+
+def test_the_two_loaders_draw_different_batches():
+    """Why the loader is hashed: the same seed and epoch give other images and labels."""
+    import torch
+
+    from uniq import data as D
+
+    data = D.load_dataset("synthetic", True, "unused", 0, (256, 10), False, False)
+    batches = []
+    for kind in ("tensor", "dataloader"):
+        loader = D.make_loader(data, 32, True, "cpu", kind, seed=0, workers=0)
+        loader.set_epoch(0)
+        batches.append(next(iter(loader)))
+    assert not torch.equal(batches[0][1], batches[1][1])
+
+
+def _old_scheme_dir(cfg, finished=True):
+    """A run directory as scheme 1 wrote it: same label, another key, no key_scheme."""
+    old = cfg.run_dir().parent / f"{cfg.label()}-0123456789ab"
+    old.mkdir(parents=True)
+    (old / "config.json").write_text(json.dumps({"task": cfg.task, "config": cfg.to_dict(),
+                                                 "key": "0123456789ab"}))
+    if finished:
+        (old / "result.json").write_text(json.dumps({"top1_final": 1.0}))
+    return old
+
+
+@pytest.mark.parametrize("finished", [True, False])
+def test_a_run_of_an_older_key_scheme_is_reported_not_reused_or_retrained(tmp_path, finished):
+    from conftest import tiny
+
+    import uniq.engine as E
+
+    cfg = tiny(tmp_path, epochs=1)
+    old = _old_scheme_dir(cfg, finished)
+    with pytest.raises(ValueError, match="key scheme 1") as err:
+        E.fit(cfg, quiet=True)
+    text = str(err.value)
+    assert str(old) in text and ("mv " in text) == finished and "--fresh" in text
+    assert not cfg.run_dir().exists()  # nothing was trained
+    with pytest.raises(E.CorruptFile, match="made under key scheme 1"):
+        E.Run.load(old)
+    # another config of the same label (another epoch count) is not taken for it
+    assert E.older_scheme_run(tiny(tmp_path, epochs=2)) is None
+
+
+def test_a_renamed_old_run_is_found_under_its_new_key(tmp_path):
+    from conftest import tiny
+
+    import uniq.engine as E
+
+    cfg = tiny(tmp_path, epochs=1)
+    _old_scheme_dir(cfg).rename(cfg.run_dir())
+    assert E.Run.load(cfg.run_dir()).finished
+
+
+def test_policy_fields_reach_the_conversion_from_the_command_line():
+    from uniq.convert import conversion_report
+
+    argv = ["train", "--bits", "2", "--depth", "8", "--first-last-bits", "4",
+            "--first-last-weight-granularity", "channel", "--overrides", "FIRST=fp"]
+    probe = config_from_args(build_parser().parse_args(argv[:5])).resolved()
+    first = conversion_report(probe.make_model(100, probe.example_input())).layer.iloc[0]
+    argv[-1] = f"{first}=fp"
+    cfg = config_from_args(build_parser().parse_args(argv)).resolved()
+    report = conversion_report(cfg.make_model(100, cfg.example_input())).set_index("layer")
+    assert report.loc[first, "weight_bits"] == 32  # the override wins
+    last = report[report.role == "last"].iloc[0]
+    assert last.weight_bits == 4 and last.granularity == "channel"
+    assert cfg.overrides == f"{first}=fp" and cfg.key() != probe.key()
+
+
+@pytest.mark.parametrize("scope,last_keeps_mse", [("low-bit", True), ("all", False)])
+def test_table5_init_scope(scope, last_keeps_mse):
+    """Table 5's constant init on the low-bit layers only (default), or on every layer."""
+    import torch
+
+    from uniq.cifar import CifarConfig
+    from uniq.mse import optimal_step
+
+    cfg = CifarConfig(bits=2, depth=8, init=0.2, init_scope=scope).resolved()
+    model = cfg.make_model(100, cfg.example_input())
+    last = next(m for m in model.modules() if getattr(m, "role", None) == "last")
+    body = next(m for m in model.modules() if getattr(m, "role", None) == "body")
+    assert torch.allclose(body.weight_quantizer.step, torch.tensor(0.2))
+    w = last.weight.detach().double()
+    mse = optimal_step(8, "weight") * w.std()
+    step = last.weight_quantizer.step.double()
+    assert torch.allclose(step, mse.to(step.dtype), rtol=1e-5) == last_keeps_mse
+    assert torch.allclose(step, torch.tensor(0.2, dtype=step.dtype)) != last_keeps_mse

@@ -285,7 +285,7 @@ def train_command(cfg: CifarConfig) -> str:
         if not f.metadata.get("cli", True):
             continue
         v = getattr(cfg, f.name)
-        if v == getattr(default, f.name) or f.name in ("compile",):
+        if v == getattr(default, f.name):
             continue
         flag = "--" + f.name.replace("_", "-")
         if isinstance(v, bool):
@@ -320,7 +320,7 @@ def distinct_runs(ctx: Context, keys: Iterable[str] | None = None
 
 def _placement(ctx: Context) -> dict:
     b = ctx.base()
-    return {k: b[k] for k in ("runs_dir", "data_dir", "device", "compile")}
+    return {k: b[k] for k in ("runs_dir", "data_dir", "device")}
 
 
 def plan(ctx: Context, keys: Iterable[str] | None = None) -> list[dict]:
