@@ -287,3 +287,38 @@ def test_table5_init_scope(scope, last_keeps_mse):
     step = last.weight_quantizer.step.double()
     assert torch.allclose(step, mse.to(step.dtype), rtol=1e-5) == last_keeps_mse
     assert torch.allclose(step, torch.tensor(0.2, dtype=step.dtype)) != last_keeps_mse
+
+
+def test_the_fidelity_page_matches_the_code():
+    """Every flag the page names exists, and the numbers it quotes are the code's."""
+    import re
+
+    import uniq.engine as E
+
+    page = (Path(__file__).resolve().parent.parent / "docs" / "fidelity.md").read_text()
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices
+    known = {opt for name in ("train", "imagenet", "export", "reproduce", "runs")
+             for action in sub[name]._actions for opt in action.option_strings}
+    known |= {"--" + f.removeprefix("--") for f in ("--no-grad-scale",)}
+    ours = []  # the "uniq default" and "alternative" columns (the authors' flags differ)
+    for line in page.splitlines():
+        cells = re.split(r"(?<!\\)\|", line)
+        if line.startswith("|") and len(cells) == 7:
+            ours += cells[4:6]
+    named = set(re.findall(r"`(--[a-z][a-z0-9-]*)", " ".join(ours)))
+    assert named and named <= known, sorted(named - known)
+    assert f"now {E.KEY_SCHEME})" in page
+    assert f"moved less than {100 * X.MIN_MOVED:g}%" in page
+    assert X.FIGURE4_EARLY == 30 / 350 and "first 30/350" in page
+    for name in E.PLACEMENT:
+        assert name in ("device", "channels_last", "runs_dir", "data_dir", "workers",
+                        "log_every", "stop_after", "wait", "download", "verify_data")
+
+
+def test_runs_lists_an_old_scheme_run_as_such(tmp_path):
+    ctx = X.context("smoke", results_dir=str(tmp_path / "res"), runs_dir=str(tmp_path / "runs"))
+    fp = X.fp_config(ctx)
+    _old_scheme_dir(fp)
+    states = {r["experiment"]: r["state"] for r in X.plan(ctx) if r["seed"] == 0}
+    assert states["t4/fp"] == "old-key" and states["t4/uniq/2b"] == "missing"

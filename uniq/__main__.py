@@ -169,7 +169,9 @@ def cmd_runs(a: argparse.Namespace) -> int:
     states = [r["state"] for r in rows]
     print(f"# {len(rows)} distinct runs for profile {a.profile} (seeds {list(ctx.seeds)}): "
           f"{states.count('done')} done, {states.count('partial')} partial, "
-          f"{states.count('missing')} missing", file=sys.stderr)
+          f"{states.count('missing')} missing"
+          + (f", {states.count('old-key')} made under an older key scheme (training one says "
+             "what to do)" if "old-key" in states else ""), file=sys.stderr)
     return 0
 
 

@@ -296,9 +296,12 @@ def run(cfg: CifarConfig) -> Run:
 
 
 def _state(cfg: CifarConfig) -> str:
+    from .engine import older_scheme_run
+
     d = cfg.run_dir()
     return ("done" if (d / "result.json").exists() else "partial"
-            if (d / "checkpoint.pt").exists() else "missing")
+            if (d / "checkpoint.pt").exists() else "old-key" if older_scheme_run(cfg)
+            else "missing")
 
 
 def train_command(cfg: CifarConfig) -> str:
