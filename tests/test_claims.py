@@ -422,3 +422,16 @@ def test_incompatible_runs_are_not_comparable_and_not_pooled(tmp_path):
     assert list(table.verdict) == ["not comparable"] * 2
     assert not table.comparable_to_paper.any() and np.isnan(table.p).all()
     assert "epochs: 90, 1" in table.note[0] and "epochs 30 (paper 350)" in table.note[1]
+
+
+def test_a_claim_whose_precondition_fails_is_inconclusive(tmp_path):
+    claims = C.load_claims(write(
+        tmp_path, "f3,Figure 3,skew change,weight_skew_change:A,t4/lsq/2b,t4/uniq/2b,less,,,paper",
+        "f3b,Figure 3,skew change,weight_skew_change:B,t4/lsq/2b,t4/uniq/2b,less,,,paper"))
+    m = pd.concat([measurements({"t4/lsq/2b": [-0.5, -0.6, -0.55],
+                                 "t4/uniq/2b": [0.0, 0.01, -0.01]}, metric=f)
+                   for f in ("weight_skew_change:A", "weight_skew_change:B")])
+    table = C.evaluate_claims(m, claims, inconclusive={
+        ("t4/uniq/2b", "weight_*:A"): ("weights did not move", "moved 1%")})
+    assert list(table.verdict) == ["inconclusive (weights did not move)", "holds"]
+    assert table.note[0].startswith("moved 1%") and np.isnan(table.p[0])

@@ -173,5 +173,5 @@ def test_skewness_claims_on_weights_that_did_not_move_are_inconclusive():
                            "seed": [0, 1] * 2, "metric": "weight_moved:A",
                            "value": [0.01, 0.02, 0.3, 0.4]})
     blocked = X.unmoved(values)
-    assert set(blocked) == {("t4/uniq/2b", "weight_")}
-    assert "1.5%" in blocked[("t4/uniq/2b", "weight_")][1]
+    assert set(blocked) == {("t4/uniq/2b", "weight_*:A")}
+    assert "1.5%" in blocked[("t4/uniq/2b", "weight_*:A")][1]

@@ -322,3 +322,18 @@ def test_runs_lists_an_old_scheme_run_as_such(tmp_path):
     _old_scheme_dir(fp)
     states = {r["experiment"]: r["state"] for r in X.plan(ctx) if r["seed"] == 0}
     assert states["t4/fp"] == "old-key" and states["t4/uniq/2b"] == "missing"
+
+
+def test_an_old_table5_run_is_not_taken_for_the_new_init_scope(tmp_path):
+    """Scheme 1 applied a constant init to the 8-bit layers too: not this run any more."""
+    from conftest import tiny
+
+    import uniq.engine as E
+
+    new = tiny(tmp_path, bits=2, init=0.2)
+    old = _old_scheme_dir(new)
+    saved = json.loads((old / "config.json").read_text())
+    del saved["config"]["init_scope"]
+    (old / "config.json").write_text(json.dumps(saved))
+    assert E.older_scheme_run(new) is None
+    assert E.older_scheme_run(tiny(tmp_path, bits=2, init=0.2, init_scope="all")) == old

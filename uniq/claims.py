@@ -27,6 +27,7 @@ The module needs numpy, scipy, pandas and matplotlib only (no torch), so it is c
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import functools
 import math
 import warnings
@@ -452,7 +453,8 @@ def evaluate_claims(measurements: pd.DataFrame, claims: pd.DataFrame | None = No
     experiments is (and the profile is among its ``comparable_profiles``). ``incompatible``:
     ``{experiment: note}`` for experiments whose runs differ in more than the seed; a claim
     naming one is ``not comparable`` (its runs are not pooled). ``inconclusive``:
-    ``{(experiment, metric prefix): (reason, note)}``: a claim on such a metric of such an
+    ``{(experiment, metric pattern): (reason, note)}`` (``fnmatch`` patterns, e.g.
+    ``"weight_*:A"``): a claim on such a metric of such an
     experiment cannot be decided (e.g. weights that did not move) and is ``inconclusive
     (reason)``.
 
@@ -522,8 +524,9 @@ def evaluate_claims(measurements: pd.DataFrame, claims: pd.DataFrame | None = No
         else:
             result = verdict(stat["low"], stat["high"], direction, margin,
                              stat["n_a"], stat["n_b"] if keys_b else None)
-            blocked = [v for (k, prefix), v in (inconclusive or {}).items()
-                       if k in keys_a + keys_b and str(claim["metric"]).startswith(prefix)]
+            blocked = [v for (k, pattern), v in (inconclusive or {}).items()
+                       if k in keys_a + keys_b and fnmatch.fnmatchcase(str(claim["metric"]),
+                                                                        pattern)]
             if blocked:
                 result = f"inconclusive ({blocked[0][0]})"
                 stat["p"] = np.nan

@@ -46,7 +46,7 @@ def paper_differences(config: RunConfig) -> list[str]:
         out.append(f"warm-up {c.warmup_epochs:g} epochs (paper {recipe.warmup_epochs:g})")
     if c.init_from is not None:
         parent = type(c).from_dict(c.init_from)
-        out += [f"parent run: {d}" for d in paper_differences(parent)]
+        out += [f"parent run: {d}" for d in paper_differences(parent) if d not in out]
     return out
 
 

@@ -622,8 +622,11 @@ def older_scheme_run(cfg: RunConfig) -> Path | None:
             continue
         if saved.get("key_scheme", 1) == KEY_SCHEME:
             continue
+        fields = dict(saved["config"])
+        # Scheme 1 applied a non-MSE init to every layer (there was no init_scope field).
+        fields.setdefault("init_scope", "all")
         try:
-            old = type(cfg).from_dict({**saved["config"], **placement(cfg)}).resolved()
+            old = type(cfg).from_dict({**fields, **placement(cfg)}).resolved()
         except (KeyError, TypeError, ValueError):
             continue
         if {k: v for k, v in old.to_dict().items() if k not in PLACEMENT} == want:

@@ -621,11 +621,12 @@ def unmoved(values: pd.DataFrame) -> dict[tuple[str, str], tuple[str, str]]:
     out = {}
     moved = values[values.metric.str.startswith("weight_moved:")]
     for (key, metric), part in moved.groupby(["experiment", "metric"]):
+        layer = metric.split(":", 1)[1]
         if part.value.mean() < MIN_MOVED:
-            out[(key, "weight_")] = ("weights did not move", (
-                f"{key} moved {100 * part.value.mean():.1f}% from its full-precision start "
-                f"({metric.split(':')[1]}; under {100 * MIN_MOVED:g}%): its skewness says "
-                "nothing about training"))
+            out[(key, f"weight_*:{layer}")] = ("weights did not move", (
+                f"{key} layer {layer} moved {100 * part.value.mean():.1f}% from its "
+                f"full-precision start (under {100 * MIN_MOVED:g}%): its skewness says nothing "
+                "about training"))
     return out
 
 
