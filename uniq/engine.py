@@ -215,6 +215,8 @@ class RunConfig:
             # An MSE init is the same on every layer: one computation, one key.
             c.init_scope = ("low-bit" if c.init == "mse"
                             else c.init_scope or default_init_scope(c.method))
+            if c.bits == 1:  # the first and last layers stay in full precision at 1 bit
+                c.first_last_bits, c.first_last_weight_granularity = 8, ""
         c.recipe = c.recipe or default_recipe(c.bits)
         base = get_recipe(c.recipe)
         c.lr = float(base.lr if c.lr is None else c.lr)
