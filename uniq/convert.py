@@ -120,6 +120,12 @@ def layer_policy(
     return policy
 
 
+def default_init_scope(method: str) -> str:
+    """Table 5's ablated inits apply to the low-bit layers (the 8-bit first and last layers
+    keep the MSE init); LSQ's baseline applies its own init to every layer, as LSQ does."""
+    return "all" if method == "lsq" else "low-bit"
+
+
 def quantize_model(
     model: nn.Module,
     bits: int,
@@ -135,7 +141,7 @@ def quantize_model(
     inplace: bool = False,
     signed_inputs: str = "detect",
     first_last_weight_granularity: str | None = None,
-    init_scope: str = "low-bit",
+    init_scope: str | None = None,
 ) -> nn.Module:
     """Replace every Conv2d/Linear by a quantized layer under the paper's policy.
 
@@ -164,8 +170,10 @@ def quantize_model(
     ``init_scope``: which layers get ``init`` when it is not "mse" (Table 5's ablation; the
     paper is silent). "low-bit" (default): the layers at ``bits``; the others (the 8-bit first
     and last layers) keep the MSE init (Eq. 9/10), so a constant init cannot leave the 8-bit
-    classifier with a handful of levels. "all": every quantized layer.
+    classifier with a handful of levels. "all": every quantized layer. None: "low-bit" for
+    UniQ, "all" for LSQ (LSQ's own init everywhere, as LSQ does).
     """
+    init_scope = default_init_scope(method) if init_scope is None else init_scope
     if init_scope not in ("low-bit", "all"):
         raise ValueError(f"init_scope must be 'low-bit' or 'all', got {init_scope!r}")
     if signed_inputs not in SIGNED_INPUTS:

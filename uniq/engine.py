@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import distributed as dist
-from .convert import calibrate, conversion_report
+from .convert import calibrate, conversion_report, default_init_scope
 from .dynamics import probe_rows, record_dynamics
 from .functional import check_bits, value_checks
 from .modules import quantizers
@@ -309,12 +309,6 @@ ENTERS_VIA = {
     "fp_seed": "init_from (the full-precision parent's key)",
 }
 """Unhashed fields that change the computation through another hashed field."""
-
-
-def default_init_scope(method: str) -> str:
-    """Table 5's ablated inits apply to the low-bit layers (the 8-bit first and last layers
-    keep the MSE init); LSQ's baseline applies its own init to every layer, as LSQ does."""
-    return "all" if method == "lsq" else "low-bit"
 
 
 def parse_overrides(text: str) -> dict[str, int | None]:
