@@ -352,6 +352,9 @@ def test_stale_temporaries_of_dead_processes_are_removed_when_a_run_is_taken_up(
     assert E.fit(tiny(tmp_path, epochs=2), quiet=True).finished
     assert not any(p.exists() for p in stale)
     assert alive.exists() and other_host.exists()
+    # a finished run asked for again is tidied too
+    stale[0].write_bytes(b"partial")
+    assert E.fit(tiny(tmp_path, epochs=2), quiet=True).finished and not stale[0].exists()
 
 
 def test_a_checkpoint_is_kept_only_if_its_evaluation_is_finite(tmp_path, monkeypatch):

@@ -665,7 +665,10 @@ def remove_stale_temporaries(run_dir: Path, say=print) -> None:
             pass
         except PermissionError:
             continue  # alive, another user's
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # a read-only copy of the runs: nothing to tidy there
+            continue
         say(f"[{run_dir.name}] removed {tmp.name}, left by pid {pid} that ended mid-write")
 
 
@@ -707,6 +710,8 @@ def fit(config: RunConfig, *, resume: str = "auto", quiet: bool = False) -> Run 
     run_dir = cfg.run_dir()
     ckpt_path = run_dir / "checkpoint.pt"
     if resume != "never" and (done := finished_run(run_dir)):
+        if d.main:
+            remove_stale_temporaries(run_dir, say)
         say(f"[{run_dir.name}] finished before: top-1 {done.top1:.2f}% (cached)")
         return done
     if resume == "require" and not ckpt_path.exists():
