@@ -502,6 +502,7 @@ def evaluate_claims(measurements: pd.DataFrame, claims: pd.DataFrame | None = No
         stat = effect_interval(a, b if keys_b else None, direction, confidence,
                                1.0 if no_margin else margin)  # placeholder: no verdict below
         not_trained = [k for k in keys_a + keys_b if k in missing]
+        mixed = [k for k in keys_a + keys_b if k in incompatible]
         unmeasured = [k for k in keys_a + keys_b if k not in not_trained
                       and not (of_metric["experiment"] == k).any()]
         if not_trained or unmeasured:
@@ -513,8 +514,7 @@ def evaluate_claims(measurements: pd.DataFrame, claims: pd.DataFrame | None = No
             if unmeasured:
                 notes.insert(0, f"not run: no {claim['metric']!r} measured for "
                              f"{', '.join(unmeasured)}")
-        elif [k for k in keys_a + keys_b if k in incompatible]:
-            mixed = [k for k in keys_a + keys_b if k in incompatible]
+        elif mixed:
             result = "not comparable"
             stat["p"] = np.nan
             notes.insert(0, "; ".join(f"{k}: {incompatible[k]}" for k in mixed))
@@ -533,7 +533,6 @@ def evaluate_claims(measurements: pd.DataFrame, claims: pd.DataFrame | None = No
                 notes[:0] = [note for _, note in blocked]
         allowed = split_keys(claim["comparable_profiles"])
         differs: list[str] = []
-        mixed = [k for k in keys_a + keys_b if k in incompatible]
         if profile_comparable is not None:
             comparable = bool(profile_comparable)
         else:
