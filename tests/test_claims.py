@@ -359,7 +359,9 @@ def test_plot_claims_without_warnings(tmp_path):
     rows = []
     for k in sorted(keys):
         for seed in range(2 if k != "t4/lsq/4b" else 1):
-            for metric in ("top1_final", "weight_skew:A", "weight_skew:B", "sqnr_gap_early"):
+            for metric in ("top1_final", "weight_skew_change:A", "weight_skew_change:B",
+                           "weight_abs_skew_change:A", "weight_abs_skew_change:B",
+                           "sqnr_gap_early"):
                 rows.append({"experiment": k, "seed": seed, "metric": metric,
                              "value": rng.normal(0, 1)})
     missing = {k: [f"train {k}"] for k in keys if k.startswith("t2/")}
@@ -371,3 +373,65 @@ def test_plot_claims_without_warnings(tmp_path):
         fig.savefig(tmp_path / "claims.png", dpi=60)
     assert len(fig.axes) == 3  # top-1 points, skewness, dB
     plt.close(fig)
+
+
+def test_holm_adjusted_p_values_closed_form():
+    p = [0.01, 0.04, 0.03, np.nan]
+    # sorted 0.01, 0.03, 0.04 times 3, 2, 1 -> 0.03, 0.06, 0.04 -> monotone 0.03, 0.06, 0.06
+    assert np.allclose(C.holm(p)[:3], [0.03, 0.06, 0.06]) and np.isnan(C.holm(p)[3])
+    assert np.allclose(C.holm([0.5, 0.9]), [1.0, 1.0])  # capped at 1
+    assert C.holm([]).size == 0
+
+
+def test_holm_verdict_and_chance_holds(tmp_path):
+    rng = np.random.default_rng(1)
+    values = {"t4/uniq/4b": list(72 + rng.normal(0, 0.3, 3)),
+              "t4/lsq/4b": list(71.6 + rng.normal(0, 0.3, 3)),
+              "t4/uniq/3b": list(71.1 + rng.normal(0, 0.3, 3))}
+    table = C.evaluate_claims(measurements(values), two_claims(tmp_path))
+    assert list(table.columns) == C.RESULT_COLUMNS
+    assert np.allclose(table.p_holm, C.holm(table.p))
+    for _, row in table.iterrows():
+        expected = row.verdict if row.verdict != "holds" else (
+            "holds" if row.p_holm < 0.025 else "inconclusive (Holm)")
+        assert row.verdict_holm == expected
+    assert C.chance_holds(table) == pytest.approx(2 * 0.025)
+
+
+def test_a_match_margin_from_the_data_is_twice_the_pooled_seed_sd(tmp_path):
+    claims = C.load_claims(write(
+        tmp_path, "c1,Table 4,3-bit UniQ matches 4-bit LSQ,top1_final,t4/uniq/3b,t4/lsq/4b,"
+                  "match,2sd,0,paper"))
+    assert claims.margin_from[0].startswith("data") and np.isnan(claims.margin[0])
+    values = {"t4/uniq/3b": [71.0, 71.4, 71.2], "t4/lsq/4b": [71.1, 71.3, 71.2]}
+    m = measurements(values)
+    table = C.evaluate_claims(m, claims)
+    sd, _ = C.pooled_seed_sd(m)
+    assert table.margin[0] == pytest.approx(2 * sd) and "2 x seed-to-seed sd" in table.note[0]
+    one_seed = C.evaluate_claims(measurements({"t4/uniq/3b": [71.0], "t4/lsq/4b": [71.1]}),
+                                 claims)
+    assert one_seed.verdict[0] == "inconclusive (no margin yet)"
+
+
+def test_incompatible_runs_are_not_comparable_and_not_pooled(tmp_path):
+    values = {"t4/uniq/4b": [71.9, 72.1, 72.0], "t4/lsq/4b": [71.0, 71.2, 71.1],
+              "t4/uniq/3b": [71.1, 71.0, 71.2]}
+    table = C.evaluate_claims(measurements(values), two_claims(tmp_path), profile="paper",
+                              incompatible={"t4/lsq/4b": "epochs: 90, 1"},
+                              comparability={"t4/uniq/3b": (False, "epochs 30 (paper 350)")})
+    assert list(table.verdict) == ["not comparable"] * 2
+    assert not table.comparable_to_paper.any() and np.isnan(table.p).all()
+    assert "epochs: 90, 1" in table.note[0] and "epochs 30 (paper 350)" in table.note[1]
+
+
+def test_a_claim_whose_precondition_fails_is_inconclusive(tmp_path):
+    claims = C.load_claims(write(
+        tmp_path, "f3,Figure 3,skew change,weight_skew_change:A,t4/lsq/2b,t4/uniq/2b,less,,,paper",
+        "f3b,Figure 3,skew change,weight_skew_change:B,t4/lsq/2b,t4/uniq/2b,less,,,paper"))
+    m = pd.concat([measurements({"t4/lsq/2b": [-0.5, -0.6, -0.55],
+                                 "t4/uniq/2b": [0.0, 0.01, -0.01]}, metric=f)
+                   for f in ("weight_skew_change:A", "weight_skew_change:B")])
+    table = C.evaluate_claims(m, claims, inconclusive={
+        ("t4/uniq/2b", "weight_*:A"): ("weights did not move", "moved 1%")})
+    assert list(table.verdict) == ["inconclusive (weights did not move)", "holds"]
+    assert table.note[0].startswith("moved 1%") and np.isnan(table.p[0])

@@ -123,9 +123,15 @@ def test_forward_before_calibration_is_an_error():
 
 
 def test_constant_init_needs_no_data():
-    q = uniq.quantize_model(small_cnn(), 2, init=0.1)
+    q = uniq.quantize_model(small_cnn(), 2, init=0.1, init_scope="all")
     assert all(m.step.eq(0.1).all() for _, m in uniq.quantizers(q))
     q(torch.randn(2, 3, 8, 8))
+    # by default (Table 5's scope) the 8-bit first and last layers keep the MSE init
+    low = uniq.quantize_model(small_cnn(), 2, init=0.1)
+    roles = {n.rsplit(".", 1)[0]: low.get_submodule(n.rsplit(".", 1)[0]).role
+             for n, _ in uniq.quantizers(low)}
+    for name, m in uniq.quantizers(low):
+        assert (m.init == 0.1) == (roles[name.rsplit(".", 1)[0]] not in ("first", "last")), name
 
 
 def test_state_dict_round_trip_with_weights_only(tmp_path):

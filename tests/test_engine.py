@@ -226,10 +226,10 @@ def test_one_experiment_is_one_run_whoever_asks(tmp_path):
 
 def test_config_hash_ignores_placement_but_not_what_is_computed(tmp_path):
     a = tiny(tmp_path, epochs=2)
-    assert a.key() == tiny(tmp_path / "x", epochs=2, device="auto", compile="default",
-                           log_every=3, workers=0, stop_after=1).key()
+    assert a.key() == tiny(tmp_path / "x", epochs=2, device="auto", log_every=3, workers=0,
+                           stop_after=1).key()
     for change in ({"lr": 0.05}, {"epochs": 3}, {"precision": "bf16"}, {"seed": 1},
-                   {"weight_decay": 0.0}):
+                   {"weight_decay": 0.0}, {"compile": "default"}, {"loader": "dataloader"}):
         assert a.key() != tiny(tmp_path, **{"epochs": 2, **change}).key(), change
     q = tiny(tmp_path, bits=2)
     assert q.key() != tiny(tmp_path, bits=2, fp_epochs=3).key()  # another parent

@@ -100,3 +100,79 @@ def test_tables_summarise_seeds_with_intervals():
     b = t[t.experiment == "b"].iloc[0]
     assert b.n == 1 and pd.isna(b.diff_ci_low) and b["diff"] == -1.0
     assert list(t.columns[:3]) == ["experiment", "method", "bits"]
+
+
+# --- issue 19: comparability is one rule; claims pool only runs of one setting -----------------
+
+
+def _fake_imagenet_run(runs_dir, top1, **kw):
+    import json
+
+    from uniq.engine import KEY_SCHEME
+    from uniq.imagenet import ImageNetConfig
+
+    cfg = ImageNetConfig(runs_dir=str(runs_dir), **kw)
+    d = cfg.run_dir()
+    d.mkdir(parents=True)
+    (d / "config.json").write_text(json.dumps({"task": "imagenet", "config": cfg.to_dict(),
+                                               "key": cfg.key(), "key_scheme": KEY_SCHEME}))
+    (d / "result.json").write_text(json.dumps({"top1_final": top1, "top1_best": top1 + 0.1,
+                                               "bits": cfg.bits, "method": cfg.method,
+                                               "epochs": cfg.epochs, "run": d.name}))
+    return d
+
+
+def test_imagenet_runs_of_different_epochs_are_not_pooled_nor_comparable(tmp_path):
+    ctx = X.context("paper", str(tmp_path / "res"), str(tmp_path / "runs"))
+    runs = tmp_path / "runs"
+    _fake_imagenet_run(runs, 70.0, bits=4, epochs=90)
+    _fake_imagenet_run(runs, 20.0, bits=4, epochs=1)
+    _fake_imagenet_run(runs, 69.0, bits=4, method="lsq", epochs=90)
+    claims = X.claims_table(ctx).set_index("id")
+    row = claims.loc["T2-r18-uniq>lsq-4b"]
+    assert row.verdict == "not comparable" and not row.comparable_to_paper
+    assert "epochs: 1, 90" in row.note
+    values, comparability, incompatible = X.imagenet_measurements(ctx)
+    assert set(incompatible) == {"t2/resnet18/uniq/4b"}
+    assert comparability["t2/resnet18/lsq/4b"] == (True, "")
+    assert not comparability["t2/resnet18/uniq/4b"][0]  # the 1-epoch run
+
+
+def test_two_seeds_of_one_imagenet_setting_are_pooled(tmp_path):
+    ctx = X.context("paper", str(tmp_path / "res"), str(tmp_path / "runs"))
+    for seed in (0, 1):
+        _fake_imagenet_run(tmp_path / "runs", 70.0 + seed, bits=3, seed=seed)
+    values, _, incompatible = X.imagenet_measurements(ctx)
+    assert not incompatible and sorted(set(values.seed)) == [0, 1]
+
+
+@pytest.mark.parametrize("profile", sorted(X.PROFILES))
+def test_tables_and_claims_agree_on_comparability(tmp_path, profile):
+    ctx = X.context(profile, str(tmp_path / "res"), str(tmp_path / "runs"))
+    comparable, differs = ctx.comparable()
+    assert comparable == ctx.profile.comparable == (profile == "paper")
+    claims = X.claims_table(ctx)
+    cifar = claims[~claims.source.isin(["Table 2", "Table 3"])]
+    assert (cifar.comparable_to_paper == comparable).all(), cifar[["id", "note"]]
+    if profile == "quick":
+        assert "epochs 30 (paper 350)" in differs
+        assert cifar.note.str.contains("epochs 30 \\(paper 350\\)").all()
+    X.save_table(ctx, pd.DataFrame({"top1": [1.0]}), "t", "t")
+    assert (pd.read_csv(ctx.results_dir / "t.csv").comparable_to_paper == comparable).all()
+
+
+def test_figure4_early_window_is_the_first_30_of_350_epochs_scaled():
+    dyn = pd.DataFrame({"layer": "L", "epoch_float": [0.0, 2.0, 2.9, 3.1, 10.0, 30.0],
+                        "optimal_sqnr_db": 10.0, "sqnr_db": [9.0, 8.0, 7.0, 0.0, 0.0, 0.0]})
+    # 35 epochs: the window is the first 3 epochs (30/350 of the run)
+    assert X.sqnr_gap_early(dyn, "L", 35) == pytest.approx((1 + 2 + 3) / 3)
+    assert X.FIGURE4_EARLY == pytest.approx(30 / 350)
+
+
+def test_skewness_claims_on_weights_that_did_not_move_are_inconclusive():
+    values = pd.DataFrame({"experiment": ["t4/uniq/2b"] * 2 + ["t4/lsq/2b"] * 2,
+                           "seed": [0, 1] * 2, "metric": "weight_moved:A",
+                           "value": [0.01, 0.02, 0.3, 0.4]})
+    blocked = X.unmoved(values)
+    assert set(blocked) == {("t4/uniq/2b", "weight_*:A")}
+    assert "1.5%" in blocked[("t4/uniq/2b", "weight_*:A")][1]

@@ -107,9 +107,12 @@ def test_one_bit_starts_from_the_two_bit_run_and_is_binary(folder, tmp_path):
 
 
 def test_imagenet_tables_pick_up_finished_runs(tmp_path):
-    d = tmp_path / "imagenet" / "preresnet18-uniq2b-sgd0.01-s0-x"
+    from uniq.imagenet import ImageNetConfig
+
+    cfg = ImageNetConfig(bits=2, runs_dir=str(tmp_path))
+    d = cfg.run_dir()
     d.mkdir(parents=True)
-    (d / "config.json").write_text(json.dumps({"config": {"arch": "preresnet18"}}))
+    (d / "config.json").write_text(json.dumps({"task": "imagenet", "config": cfg.to_dict()}))
     (d / "result.json").write_text(json.dumps(
         {"bits": 2, "method": "uniq", "top1_final": 66.9, "top1_best": 67.0, "epochs": 90,
          "run": d.name}))
@@ -118,6 +121,7 @@ def test_imagenet_tables_pick_up_finished_runs(tmp_path):
     assert hit.top1_final.iloc[0] == 66.9 and hit["diff"].iloc[0] == pytest.approx(66.9 - 67.8)
     assert t2.top1_final.notna().sum() == 1 and t3.top1_final.isna().all()
     assert len(t3) == 16 and set(t2.diff_uses) == {"top1_final"}
+    assert hit.comparable_to_paper.iloc[0]  # the paper's setting (uniq.comparable decides)
 
 
 def _torchrun(module_args, port):

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import TINY, cli_args, env, tiny, uniq_cli
@@ -226,3 +227,176 @@ def test_lock_waiter_returns_the_finished_run(tmp_path):
     assert first.returncode == 0 and second.returncode == 0, second.stderr
     assert "waiting for it to finish" in second.stdout or "finished before" in second.stdout
     assert "preparing" not in second.stdout
+
+
+# --- issue 19: bad files never become numbers, never tracebacks --------------------------------
+
+
+class _Payload:
+    """A pickle that would create a file when unpickled (torch refuses it: weights_only)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _bad_weight_file(kind: str, path: Path) -> Path:
+    if kind == "text":
+        path.write_text("these are not weights\n")
+    elif kind == "list":
+        torch.save([torch.zeros(3), torch.ones(2)], path)
+    elif kind == "other model":
+        torch.save({"conv.weight": torch.zeros(4, 3, 3, 3), "fc.bias": torch.zeros(10)}, path)
+    elif kind == "truncated":
+        from uniq.models import imagenet_model
+
+        torch.save(imagenet_model("preresnet18").state_dict(), path)
+        path.write_bytes(path.read_bytes()[:5000])
+    elif kind == "reduce payload":
+        torch.save(_Payload(path.with_name("executed")), path)
+    return path
+
+
+def _main(args, capsys):
+    from uniq.__main__ import main
+
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exit_:
+        code = exit_.code
+    return code, capsys.readouterr().err
+
+
+def _one_clear_line(err: str, *needles: str) -> None:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    for n in needles:
+        assert n in lines[0], (n, err)
+
+
+@pytest.mark.parametrize("kind,match", [
+    ("text", "not a torch weights file"), ("list", "not a state dict"),
+    ("other model", "not a state dict of preresnet18"), ("truncated", "not a torch weights"),
+    ("reduce payload", "would run code"),
+])
+def test_a_bad_pretrained_file_is_one_line_and_runs_nothing(tmp_path, capsys, kind, match):
+    bad = _bad_weight_file(kind, tmp_path / "weights.pth")
+    code, err = _main(["imagenet", "--pretrained", bad, "--runs-dir", tmp_path, "--bits", "2"],
+                      capsys)
+    assert code == 2
+    _one_clear_line(err, match, str(bad), "state_dict")
+    assert not (tmp_path / "executed").exists()
+
+
+def test_a_pretrained_file_counts_by_its_content(tmp_path):
+    from uniq.imagenet import ImageNetConfig
+    from uniq.models import imagenet_model
+
+    state = imagenet_model("preresnet18").state_dict()
+    a, b, c = tmp_path / "a.pth", tmp_path / "b.pth", tmp_path / "c.pth"
+    torch.save(state, a)
+    b.write_bytes(a.read_bytes())  # the same content under another name
+    state["output.bias"] += 1
+    torch.save(state, c)
+
+    def key(p):
+        return ImageNetConfig(bits=2, pretrained=str(p)).key()
+
+    assert key(a) == key(b) != key(c)
+    assert key(a) not in (ImageNetConfig(bits=2).key(),
+                          ImageNetConfig(bits=2, pretrained="none").key())
+
+
+def test_export_output_below_a_file_and_batch_zero(tmp_path, capsys):
+    blocker = tmp_path / "plain"
+    blocker.write_text("x")
+    code, err = _main(["export", tmp_path, "-o", blocker / "m.onnx"], capsys)
+    assert code == 2
+    _one_clear_line(err, str(blocker), "is a file")
+    code, err = _main(["export", tmp_path, "-o", tmp_path / "m.onnx", "--batch", "0"], capsys)
+    assert code == 2
+    _one_clear_line(err, "--batch must be a positive integer")
+
+
+def test_a_read_only_runs_dir_is_one_line(tmp_path, capsys, monkeypatch):
+    import errno
+
+    real = Path.mkdir
+
+    def read_only(self, *a, **k):
+        if str(self).startswith(str(tmp_path / "ro")):
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    code, err = _main(["train", *cli_args(**{**TINY, "epochs": 1}), "--runs-dir",
+                       tmp_path / "ro"], capsys)
+    assert code == 2
+    _one_clear_line(err, "Read-only file system", str(tmp_path / "ro"), "--runs-dir")
+
+
+def test_a_corrupt_cifar_archive_without_the_checksum_is_one_line(tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    archive = data / "cifar-100-python.tar.gz"
+    archive.write_bytes(b"\x1f\x8b\x08\x00" + bytes(range(256)) * 8)  # a gzip header, then junk
+    code, err = _main(["train", "--epochs", "1", "--device", "cpu", "--data-dir", data,
+                       "--no-verify-data", "--no-download", "--runs-dir", tmp_path / "runs"],
+                      capsys)
+    assert code == 2
+    _one_clear_line(err, str(archive), "cannot be extracted", "download it again")
+
+
+def test_reproduce_with_an_unknown_profile_parameter_says_so_last(capsys):
+    code, err = _main(["reproduce", "-p", "PROFILE=nope", "--only", "1"], capsys)
+    assert code == 2
+    _one_clear_line(err, "PROFILE=nope", "unknown profile", "--profile")
+
+
+def test_stale_temporaries_of_dead_processes_are_removed_when_a_run_is_taken_up(tmp_path):
+    cfg = tiny(tmp_path, epochs=2, stop_after=1)
+    assert E.fit(cfg, quiet=True) is None
+    run_dir = cfg.run_dir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    stale = [run_dir / f".checkpoint.pt.{host}.{dead.pid}.tmp",
+             run_dir / f".dynamics.csv.{host}.{dead.pid}.tmp"]
+    alive = run_dir / f".metrics.csv.{host}.{os.getppid()}.tmp"  # a live process's: kept
+    other_host = run_dir / f".model.pt.elsewhere.{dead.pid}.tmp"  # cannot tell: kept
+    for p in [*stale, alive, other_host]:
+        p.write_bytes(b"partial")
+    assert E.fit(tiny(tmp_path, epochs=2), quiet=True).finished
+    assert not any(p.exists() for p in stale)
+    assert alive.exists() and other_host.exists()
+    # a finished run asked for again is tidied too
+    stale[0].write_bytes(b"partial")
+    assert E.fit(tiny(tmp_path, epochs=2), quiet=True).finished and not stale[0].exists()
+
+
+def test_a_checkpoint_is_kept_only_if_its_evaluation_is_finite(tmp_path, monkeypatch):
+    cfg = tiny(tmp_path, epochs=3)
+    real = E.evaluate
+    calls = {"n": 0}
+
+    def poisoned(*args, **kw):
+        calls["n"] += 1
+        loss, top1, n = real(*args, **kw)
+        return (float("nan") if calls["n"] == 2 else loss), top1, n  # epoch 2's evaluation
+
+    monkeypatch.setattr(E, "evaluate", poisoned)
+    with pytest.raises(E.TrainingDiverged, match="evaluation loss is nan") as err:
+        E.fit(cfg, quiet=True)
+    ckpt = torch.load(cfg.run_dir() / "checkpoint.pt", weights_only=True)
+    assert ckpt["epoch"] == 1  # epoch 2 (NaN evaluation) was not written
+    assert all(np.isfinite(r["eval_loss"]) for r in ckpt["history"]["metrics"])
+    assert "last good checkpoint" in str(err.value)
+
+
+def test_the_suggested_restart_rate_is_on_the_recipes_scale(tmp_path):
+    assert E.restart_lr(tiny(tmp_path, lr=1e6)) == pytest.approx(0.05)  # fp recipe: 0.1
+    assert E.restart_lr(tiny(tmp_path, bits=2)) == pytest.approx(0.005)  # sgd: 0.01
+    assert E.restart_lr(tiny(tmp_path, bits=2, lr=0.001)) == pytest.approx(0.0005)

@@ -132,13 +132,23 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
     from .reproduce import reproduce
 
     only = _numbers(a.only, "--only") if a.only else None
+    from .experiments import get_profile
+
     params = {}
     for kv in a.param:
         if "=" not in kv:
             raise ValueError(f"-p expects NAME=VALUE, got {kv!r}")
         name, value = kv.split("=", 1)
         params[name] = value
-    return reproduce(a.profile, only=only, keep_going=a.keep_going, out_dir=a.out_dir,
+    # The runner sets these two from its own options (they name the results folder and the
+    # provenance): -p PROFILE=X is --profile X, -p RESULTS_DIR=D is --out-dir D.
+    profile = params.pop("PROFILE", a.profile)
+    try:
+        get_profile(profile)
+    except ValueError as err:
+        raise ValueError(f"-p PROFILE={profile}: {err}; or use --profile") from None
+    out_dir = params.pop("RESULTS_DIR", a.out_dir)
+    return reproduce(profile, only=only, keep_going=a.keep_going, out_dir=out_dir,
                      parameters=params, notebooks_dir=a.notebooks_dir)
 
 
@@ -159,7 +169,9 @@ def cmd_runs(a: argparse.Namespace) -> int:
     states = [r["state"] for r in rows]
     print(f"# {len(rows)} distinct runs for profile {a.profile} (seeds {list(ctx.seeds)}): "
           f"{states.count('done')} done, {states.count('partial')} partial, "
-          f"{states.count('missing')} missing", file=sys.stderr)
+          f"{states.count('missing')} missing"
+          + (f", {states.count('old-key')} made under an older key scheme (training one says "
+             "what to do)" if "old-key" in states else ""), file=sys.stderr)
     return 0
 
 
@@ -244,7 +256,7 @@ def _one_line(err: BaseException) -> str:
     text = str(err).strip()
     if "Original Traceback" in text:  # an error re-raised from a DataLoader worker
         text = text.splitlines()[-1]
-    return text
+    return " ".join(line.strip() for line in text.splitlines())  # always one line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -259,9 +271,13 @@ def main(argv: list[str] | None = None) -> int:
     except RunBusy as err:
         print(f"error: {_one_line(err)}", file=sys.stderr)
         return 4
-    except (ValueError, FileNotFoundError, CorruptFile, NotADirectoryError,
-            PermissionError) as err:
+    except (ValueError, FileNotFoundError, CorruptFile) as err:
         print(f"error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a read-only file system, a file where a folder should be, ...
+        where = f" {err.filename}" if err.filename else ""
+        print(f"error: cannot write or read{where}: {err.strerror or err}; choose a writable "
+              "folder (--runs-dir, --data-dir, -o) or fix its permissions", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; the last checkpoint is kept and the next call resumes from it",

@@ -65,8 +65,8 @@ class CifarConfig(RunConfig):
     synthetic_test: int = option(10_000, "images in the synthetic test set")
     depth: int = option(32, "pre-activation ResNet depth (6n+2)")
     loader: str = option("tensor", "tensor (device-resident, on-device augmentation) or "
-                         "dataloader (torchvision transforms, workers)",
-                         ("tensor", "dataloader"), hashed=False)
+                         "dataloader (torchvision transforms, workers): they draw different "
+                         "batches, so the loader is part of the key", ("tensor", "dataloader"))
     fp_epochs: int = option(350, "epochs of the full-precision run a quantized run starts from",
                             hashed=False)
     fp_seed: int = option(0, "seed of the full-precision run a quantized run starts from",
@@ -78,6 +78,12 @@ class CifarConfig(RunConfig):
 
     def label_prefix(self) -> str:
         return f"resnet{self.depth}"
+
+    def hashed(self) -> dict:
+        out = super().hashed()
+        if out["loader"] == "dataloader":  # its workers draw the augmentation: other batches
+            out["workers"] = self.workers
+        return out
 
     def validate_task(self) -> None:
         if (self.depth - 2) % 6 or self.depth < 8:
@@ -95,7 +101,8 @@ class CifarConfig(RunConfig):
         if self.bits == FULL_PRECISION:
             return None
         keep = ("dataset", "data_fraction", "synthetic_train", "synthetic_test", "depth",
-                "batch_size", "precision", "sync_bn", "dynamics_per_epoch")
+                "batch_size", "precision", "sync_bn", "dynamics_per_epoch", "loader", "compile",
+                "workers")
         return CifarConfig(bits=FULL_PRECISION, epochs=self.fp_epochs, seed=self.fp_seed,
                            **{k: getattr(self, k) for k in keep})
 
@@ -109,7 +116,8 @@ class CifarConfig(RunConfig):
         if self.bits != FULL_PRECISION:
             model = quantize_model(model, self.bits, self.method, self.weight_granularity,
                                    init=self.init, grad_scale=self.grad_scale, inplace=True,
-                                   example_input=example, signed_inputs=self.signed_inputs)
+                                   example_input=example, signed_inputs=self.signed_inputs,
+                                   **self.policy())
         return model
 
     def load(self) -> tuple[D.ImageData, D.ImageData]:

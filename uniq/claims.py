@@ -13,7 +13,13 @@ samples, Student's one-sample t when ``b`` is empty) and gives a verdict:
 * ``inconclusive``: the interval straddles a boundary (more seeds are needed), or it cannot be
   computed (``inconclusive (n=1)``: one seed on a side; ``inconclusive (zero variance)``);
 * ``not run``: an experiment of the claim is missing or partly missing; the note gives the
-  commands that train it.
+  commands that train it;
+* ``not comparable``: the runs of an experiment differ in more than the seed (say a 90-epoch
+  and a 1-epoch run), so they are not pooled; the note names the difference.
+
+Many claims are tested at once: ``verdict_holm`` repeats each verdict with the ``holds`` ones
+kept only when their Holm-adjusted p-value (``p_holm``, family: every claim with a p-value) is
+below ``(1 - confidence) / 2``; :func:`chance_holds` is how many ``holds`` chance alone gives.
 
 The module needs numpy, scipy, pandas and matplotlib only (no torch), so it is cheap to import.
 """
@@ -21,6 +27,7 @@ The module needs numpy, scipy, pandas and matplotlib only (no torch), so it is c
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import functools
 import math
 import warnings
@@ -40,10 +47,16 @@ DIRECTIONS = ("greater", "less", "match")
 # Profile names of uniq.experiments.PROFILES (not imported: that module pulls in torch).
 KNOWN_PROFILES = ("smoke", "quick", "paper")
 KEY_SEPARATOR = ";"
+SEED_MARGIN = "2sd"
+"""A ``match`` margin taken from the data: twice the seed-to-seed standard deviation of the
+metric, pooled over every experiment with two or more seeds (:func:`pooled_seed_sd`): the
+difference two runs of one setting show by chance."""
 
 RESULT_COLUMNS = ["id", "source", "statement", "metric", "a", "b", "direction", "margin",
+                  "margin_from",
                   "n_a", "n_b", "mean_a", "mean_b", "effect", "ci_low", "ci_high", "p",
-                  "paper_effect", "verdict", "comparable_to_paper", "note"]
+                  "paper_effect", "verdict", "p_holm", "verdict_holm", "comparable_to_paper",
+                  "note"]
 
 
 # --------------------------------------------------------------------------- claims file
@@ -101,7 +114,7 @@ def load_claims(path: str | Path | None = None) -> pd.DataFrame:
         raise _bad(path, "body", "no claims", "add at least one claim row below the header")
 
     seen: dict[str, int] = {}
-    margins, paper_effects = [], []
+    margins, paper_effects, sources = [], [], []
     for i, row in raw.iterrows():
         line = int(i) + 2  # 1-based, after the header
         where = f"line {line} (claim {row['id']!r})" if row["id"] else f"line {line}"
@@ -128,10 +141,12 @@ def load_claims(path: str | Path | None = None) -> pd.DataFrame:
         if set(keys_a) & set(keys_b):
             raise _bad(path, where, f"experiment(s) {sorted(set(keys_a) & set(keys_b))} are on "
                        "both sides", "a claim compares different experiments; fix 'a' or 'b'")
-        margin = _number(row["margin"]) if row["margin"] else None
+        from_data = row["margin"] == SEED_MARGIN
+        margin = 1.0 if from_data else _number(row["margin"]) if row["margin"] else None
         if row["margin"] and margin is None:
             raise _bad(path, where, f"margin {row['margin']!r} is not a finite number",
-                       "write the margin in the metric's units, e.g. 0.5")
+                       f"write the margin in the metric's units, e.g. 0.5, or {SEED_MARGIN} "
+                       "(twice the seed-to-seed sd of the data)")
         if direction == "match":
             if margin is None:
                 raise _bad(path, where, "a 'match' claim needs a margin",
@@ -152,10 +167,12 @@ def load_claims(path: str | Path | None = None) -> pd.DataFrame:
         if wrong:
             raise _bad(path, where, f"unknown profile(s) {wrong} in comparable_profiles",
                        f"use profile names from {', '.join(KNOWN_PROFILES)} joined by ';'")
-        margins.append(np.nan if margin is None else margin)
+        margins.append(np.nan if margin is None or from_data else margin)
+        sources.append("data (2 x seed sd)" if from_data else "claims file" if margin else "")
         paper_effects.append(np.nan if paper_effect is None else paper_effect)
     claims = raw.copy()
     claims["margin"] = margins
+    claims["margin_from"] = sources
     claims["paper_effect"] = paper_effects
     return claims.reset_index(drop=True)
 
@@ -390,10 +407,37 @@ def _commands(keys: list[str], missing: Mapping[str, Sequence[str]]) -> list[str
     return commands
 
 
+def holm(p) -> np.ndarray:
+    """Holm's step-down adjusted p-values (NaN stays NaN and is not counted):
+    ``p_(i) * (m - i + 1)``, made monotone and capped at 1."""
+    p = np.asarray(p, dtype=np.float64)
+    out = np.full(p.shape, np.nan)
+    idx = np.flatnonzero(np.isfinite(p))
+    m = idx.size
+    if m == 0:
+        return out
+    order = idx[np.argsort(p[idx], kind="stable")]
+    adjusted = np.minimum(1.0, np.maximum.accumulate(p[order] * (m - np.arange(m))))
+    out[order] = adjusted
+    return out
+
+
+def chance_holds(table: pd.DataFrame, confidence: float = 0.95) -> float:
+    """Expected number of ``holds`` if no claimed effect were real: each claim with a p-value
+    holds by chance with probability at most ``(1 - confidence) / 2`` (one side of the
+    interval), so ``m * (1 - confidence) / 2``."""
+    return float(np.isfinite(pd.to_numeric(table["p"], errors="coerce")).sum()
+                 * (1 - confidence) / 2)
+
+
 def evaluate_claims(measurements: pd.DataFrame, claims: pd.DataFrame | None = None,
                     missing: Mapping[str, Sequence[str]] | None = None,
                     profile: str | None = None, profile_comparable: bool | None = None,
-                    confidence: float = 0.95) -> pd.DataFrame:
+                    confidence: float = 0.95,
+                    comparability: Mapping[str, tuple[bool, str]] | None = None,
+                    incompatible: Mapping[str, str] | None = None,
+                    inconclusive: Mapping[tuple[str, str], tuple[str, str]] | None = None
+                    ) -> pd.DataFrame:
     """Every claim with its effect, interval, verdict and note (columns ``RESULT_COLUMNS``).
 
     ``measurements``: one row per (experiment, seed, metric) with ``value``. ``claims``: a
@@ -404,9 +448,20 @@ def evaluate_claims(measurements: pd.DataFrame, claims: pd.DataFrame | None = No
     among the claim's ``comparable_profiles`` (``smoke`` never is). ``profile_comparable``
     overrides that for every claim. With neither, results are taken as comparable.
 
+    ``comparability``: ``{experiment: (comparable, what differs)}`` from
+    ``uniq.comparable.comparable_to_paper``; a claim is then comparable only when each of its
+    experiments is (and the profile is among its ``comparable_profiles``). ``incompatible``:
+    ``{experiment: note}`` for experiments whose runs differ in more than the seed; a claim
+    naming one is ``not comparable`` (its runs are not pooled). ``inconclusive``:
+    ``{(experiment, metric pattern): (reason, note)}`` (``fnmatch`` patterns, e.g.
+    ``"weight_*:A"``): a claim on such a metric of such an
+    experiment cannot be decided (e.g. weights that did not move) and is ``inconclusive
+    (reason)``.
+
     A claim naming an experiment that is neither measured nor in ``missing`` is an error (a typo
     in the claims file, or an experiment the caller forgot).
     """
+    incompatible = dict(incompatible or {})
     claims = load_claims() if claims is None else claims
     missing = dict(missing or {})
     measurements = _check_measurements(measurements)
@@ -437,8 +492,17 @@ def evaluate_claims(measurements: pd.DataFrame, claims: pd.DataFrame | None = No
         a, b = side(keys_a), side(keys_b) if keys_b else np.empty(0)
         direction = claim["direction"]
         margin = float(claim["margin"]) if pd.notna(claim["margin"]) else None
-        stat = effect_interval(a, b if keys_b else None, direction, confidence, margin)
+        margin_from = claim.get("margin_from", "") or ""
+        if margin_from.startswith("data"):
+            sd, dof = pooled_seed_sd(measurements, claim["metric"])
+            margin = 2 * sd if dof > 0 and sd > 0 else None
+            notes.append(f"margin {margin:.3g} = 2 x seed-to-seed sd ({dof} degrees of freedom)"
+                         if margin else "no seed-to-seed spread measured yet for the margin")
+        no_margin = direction == "match" and margin is None
+        stat = effect_interval(a, b if keys_b else None, direction, confidence,
+                               1.0 if no_margin else margin)  # placeholder: no verdict below
         not_trained = [k for k in keys_a + keys_b if k in missing]
+        mixed = [k for k in keys_a + keys_b if k in incompatible]
         unmeasured = [k for k in keys_a + keys_b if k not in not_trained
                       and not (of_metric["experiment"] == k).any()]
         if not_trained or unmeasured:
@@ -450,36 +514,63 @@ def evaluate_claims(measurements: pd.DataFrame, claims: pd.DataFrame | None = No
             if unmeasured:
                 notes.insert(0, f"not run: no {claim['metric']!r} measured for "
                              f"{', '.join(unmeasured)}")
+        elif mixed:
+            result = "not comparable"
+            stat["p"] = np.nan
+            notes.insert(0, "; ".join(f"{k}: {incompatible[k]}" for k in mixed))
+        elif no_margin:
+            result = "inconclusive (no margin yet)"
+            stat["p"] = np.nan
         else:
             result = verdict(stat["low"], stat["high"], direction, margin,
                              stat["n_a"], stat["n_b"] if keys_b else None)
+            blocked = [v for (k, pattern), v in (inconclusive or {}).items()
+                       if k in keys_a + keys_b and fnmatch.fnmatchcase(str(claim["metric"]),
+                                                                        pattern)]
+            if blocked:
+                result = f"inconclusive ({blocked[0][0]})"
+                stat["p"] = np.nan
+                notes[:0] = [note for _, note in blocked]
         allowed = split_keys(claim["comparable_profiles"])
+        differs: list[str] = []
         if profile_comparable is not None:
             comparable = bool(profile_comparable)
-        elif profile is not None:
-            comparable = profile != "smoke" and profile in allowed
         else:
-            comparable = True
+            comparable = profile is None or (profile != "smoke" and profile in allowed)
+            if comparability is not None:
+                differs = list(dict.fromkeys(
+                    comparability[k][1] for k in keys_a + keys_b
+                    if k in comparability and not comparability[k][0]))
+            comparable = comparable and not differs and not mixed
         if not comparable:
             if profile == "smoke":
                 notes.append("smoke profile: not comparable to the paper")
-            elif profile is not None:
+            elif profile is not None and profile not in allowed:
                 notes.append(f"{profile} profile: not comparable to the paper (comparable: "
                              f"{', '.join(allowed) or 'none'})")
-            else:
+            elif not differs and not mixed:
                 notes.append("not comparable to the paper")
+            notes += differs
         rows.append({
             "id": claim["id"], "source": claim["source"], "statement": claim["statement"],
             "metric": claim["metric"], "a": claim["a"], "b": claim["b"],
             "direction": direction, "margin": margin if margin is not None else np.nan,
+            "margin_from": margin_from,
             "n_a": stat["n_a"], "n_b": stat["n_b"],
             "mean_a": float(a.mean()) if a.size else np.nan,
             "mean_b": float(b.mean()) if b.size else np.nan,
             "effect": stat["effect"], "ci_low": stat["low"], "ci_high": stat["high"],
-            "p": stat["p"], "paper_effect": claim["paper_effect"], "verdict": result,
+            "p": stat["p"] if result not in ("not run", "not comparable") else np.nan,
+            "paper_effect": claim["paper_effect"], "verdict": result,
             "comparable_to_paper": comparable, "note": "; ".join(notes),
         })
-    return pd.DataFrame(rows, columns=RESULT_COLUMNS)
+    table = pd.DataFrame(rows, columns=RESULT_COLUMNS)
+    table["p_holm"] = holm(table["p"].to_numpy(dtype=np.float64))
+    alpha = (1 - confidence) / 2
+    table["verdict_holm"] = [
+        ("holds" if p_holm < alpha else "inconclusive (Holm)") if v == "holds" else v
+        for v, p_holm in zip(table["verdict"], table["p_holm"], strict=True)]
+    return table
 
 
 # --------------------------------------------------------------------------- tables
@@ -528,12 +619,14 @@ def per_cell_summary(values: pd.DataFrame, by: Sequence[str] | None = None,
 # --------------------------------------------------------------------------- figure
 
 VERDICT_COLOURS = {"holds": "tab:green", "contradicted": "tab:red",
-                   "inconclusive": "tab:orange", "not run": "0.6"}
+                   "inconclusive": "tab:orange", "not run": "0.6", "not comparable": "0.4"}
 METRIC_UNITS = {"top1": "top-1 difference (points)", "weight_skew": "weight skewness",
                 "sqnr_gap": "SQNR gap difference (dB)"}
 
 
 def _family(metric: str) -> str:
+    if "skew" in metric:  # skewness, its change from the start, and its size: one unit
+        return "weight_skew"
     for prefix in METRIC_UNITS:
         if metric.startswith(prefix):
             return prefix

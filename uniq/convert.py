@@ -120,6 +120,12 @@ def layer_policy(
     return policy
 
 
+def default_init_scope(method: str) -> str:
+    """Table 5's ablated inits apply to the low-bit layers (the 8-bit first and last layers
+    keep the MSE init); LSQ's baseline applies its own init to every layer, as LSQ does."""
+    return "all" if method == "lsq" else "low-bit"
+
+
 def quantize_model(
     model: nn.Module,
     bits: int,
@@ -135,6 +141,7 @@ def quantize_model(
     inplace: bool = False,
     signed_inputs: str = "detect",
     first_last_weight_granularity: str | None = None,
+    init_scope: str | None = None,
 ) -> nn.Module:
     """Replace every Conv2d/Linear by a quantized layer under the paper's policy.
 
@@ -159,7 +166,16 @@ def quantize_model(
     ``first_last_weight_granularity``: None (default) gives the first and last layers the same
     weight granularity as the others (the paper: kernel-wise weights on ImageNet); "tensor" is
     the authors' code, whose 8-bit first and last layers always have one weight step.
+
+    ``init_scope``: which layers get ``init`` when it is not "mse" (Table 5's ablation; the
+    paper is silent). "low-bit" (default): the layers at ``bits``; the others (the 8-bit first
+    and last layers) keep the MSE init (Eq. 9/10), so a constant init cannot leave the 8-bit
+    classifier with a handful of levels. "all": every quantized layer. None: "low-bit" for
+    UniQ, "all" for LSQ (LSQ's own init everywhere, as LSQ does).
     """
+    init_scope = default_init_scope(method) if init_scope is None else init_scope
+    if init_scope not in ("low-bit", "all"):
+        raise ValueError(f"init_scope must be 'low-bit' or 'all', got {init_scope!r}")
     if signed_inputs not in SIGNED_INPUTS:
         raise ValueError(
             f"signed_inputs must be one of {SIGNED_INPUTS}, got {signed_inputs!r}: 'detect' "
@@ -192,15 +208,16 @@ def quantize_model(
             granularity = (first_last_weight_granularity if role in ("first", "last")
                            else weight_granularity)
             channels = layer.weight.shape[0] if granularity == "channel" else None
+            layer_init = init if init_scope == "all" or layer_bits == bits else "mse"
             wq = Quantizer(layer_bits, signed=True, method=method, channels=channels,
-                           ndim=layer.weight.dim(), init=init, grad_scale=grad_scale)
+                           ndim=layer.weight.dim(), init=layer_init, grad_scale=grad_scale)
             wq.init_from(layer.weight, where=f"layer {name!r} (weights)")
             if signed_inputs == "detect":
                 act_signed = signed.get(name, False)
             else:
                 act_signed = role == "first"
             aq = Quantizer(layer_bits, signed=act_signed, method=method, channels=None,
-                           init=init, grad_scale=grad_scale,
+                           init=layer_init, grad_scale=grad_scale,
                            detect_sign=signed_inputs == "detect")
             if act_granularity == "channel":
                 warnings.warn("kernel-wise activation steps are not supported; using layer-wise",

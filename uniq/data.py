@@ -11,6 +11,7 @@ give the same augmentation distribution (a test checks it).
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import importlib
 import math
@@ -169,6 +170,19 @@ def verify_md5(path: str | Path, expected: str, remedy: str) -> None:
 
 
 def _extract(archive: Path, root: Path) -> None:
+    import zlib
+
+    try:
+        _extract_checked(archive, root)
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as err:
+        raise ValueError(
+            f"{archive} cannot be extracted ({type(err).__name__}: "
+            f"{(str(err).splitlines() or [''])[0].rstrip(':')}); it is corrupt or "
+            f"incomplete. Delete it (and any partial {root / 'cifar-100-python'}) and download "
+            f"it again ({CIFAR100_URL}), or keep the checksum check on (--verify-data)") from None
+
+
+def _extract_checked(archive: Path, root: Path) -> None:
     with tarfile.open(archive) as tar:
         if hasattr(tarfile, "data_filter"):  # Python >= 3.10.12 / 3.11.4
             tar.extractall(root, filter="data")

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import distributed as dist
-from .convert import calibrate, conversion_report
+from .convert import calibrate, conversion_report, default_init_scope
 from .dynamics import probe_rows, record_dynamics
 from .functional import check_bits, value_checks
 from .modules import quantizers
@@ -56,6 +56,12 @@ from .rundir import (
 from .state import rng_state, set_rng_state
 
 FULL_PRECISION = 32
+KEY_SCHEME = 2
+"""Version of what a run's key covers. 1: the first scheme. 2: ``loader``, ``compile``, a
+``--pretrained`` file's content, the layer-policy fields and ``init_scope`` are hashed. A run
+directory made under another scheme is reported (``older_scheme_run``), never reused or
+retrained silently."""
+INIT_SCOPES = ("", "low-bit", "all")
 PRECISIONS = ("fp32", "tf32", "bf16", "fp64")
 COMPILE_MODES = ("none", "default", "max-autotune", "reduce-overhead")
 RESUME_MODES = ("auto", "require", "never")
@@ -99,6 +105,16 @@ class RunConfig:
     signed_inputs: str = option("detect", "detect: signed layer inputs get the symmetric "
                                 "quantizer; unsigned: clip them at zero as the authors' code",
                                 ("detect", "unsigned"))
+    init_scope: str = option("", "layers a non-MSE --init applies to: low-bit (the 8-bit "
+                             "first/last layers keep the MSE init) or all; empty = low-bit for "
+                             "uniq, all for lsq (LSQ's own rule everywhere)", INIT_SCOPES)
+    first_last_bits: int = option(8, "bits of the first and last layers of a multi-bit model "
+                                  "(the paper: 8)")
+    first_last_weight_granularity: str = option(
+        "", "weight steps of the first and last layers: tensor (the authors' code) or channel; "
+        "empty = as the other layers", ("", "tensor", "channel"))
+    overrides: str = option("", "per-layer bits winning over the policy, NAME=BITS[,NAME=BITS] "
+                            "(BITS 1..8, or 32/fp for full precision)")
     # -- recipe
     recipe: str = option("", "named recipe (see uniq.recipes.RECIPES); empty = the paper's "
                          "default for the bit width")
@@ -119,9 +135,10 @@ class RunConfig:
     init_from_run: str = option("", "start from the weights of this run directory (or "
                                 "checkpoint file), steps re-initialised")
     dynamics_per_epoch: int = option(4, "Figure-4 probes per epoch (0 = none)")
-    # -- execution (not hashed)
+    compile: str = option("none", "torch.compile mode (hashed: compiled kernels round "
+                          "differently from eager ones)", COMPILE_MODES)
+    # -- execution (not hashed: see PLACEMENT)
     device: str = option("auto", "auto, cpu, cuda or cuda:N", hashed=False)
-    compile: str = option("none", "torch.compile mode", COMPILE_MODES, hashed=False)
     channels_last: bool | None = option(None, "channels-last memory format (default: on for "
                                         "CUDA)", hashed=False)
     runs_dir: str = option("runs", "where runs live (relative: from the project root)",
@@ -137,6 +154,13 @@ class RunConfig:
                         "(--no-wait: stop with a message)", hashed=False)
 
     # ---- hooks for the tasks ---------------------------------------------------------------
+    def policy(self) -> dict[str, Any]:
+        """The conversion arguments of ``uniq.quantize_model`` that these fields choose."""
+        return {"first_last_bits": self.first_last_bits,
+                "overrides": parse_overrides(self.overrides),
+                "first_last_weight_granularity": self.first_last_weight_granularity or None,
+                "init_scope": self.init_scope or default_init_scope(self.method)}
+
     def make_data(self, d: dist.Dist) -> TaskData:
         raise NotImplementedError
 
@@ -182,8 +206,17 @@ class RunConfig:
         if c.bits == FULL_PRECISION:  # quantizer fields mean nothing here: one FP run, one hash
             fresh = type(c)()
             for name in ("method", "init", "grad_scale", "signed_inputs", "calib_batches",
-                         "dynamics_per_epoch", "weight_granularity"):
+                         "dynamics_per_epoch", "weight_granularity", "init_scope",
+                         "first_last_bits", "first_last_weight_granularity", "overrides"):
                 setattr(c, name, getattr(fresh, name))
+        else:
+            check_bits(c.first_last_bits)
+            c.overrides = format_overrides(parse_overrides(c.overrides))
+            # An MSE init is the same on every layer: one computation, one key.
+            c.init_scope = ("low-bit" if c.init == "mse"
+                            else c.init_scope or default_init_scope(c.method))
+            if c.bits == 1:  # the first and last layers stay in full precision at 1 bit
+                c.first_last_bits, c.first_last_weight_granularity = 8, ""
         c.recipe = c.recipe or default_recipe(c.bits)
         base = get_recipe(c.recipe)
         c.lr = float(base.lr if c.lr is None else c.lr)
@@ -225,7 +258,7 @@ class RunConfig:
         name is left out (its spelled-out values are in), and so are the parent's fields
         (its hash is in)."""
         c = self.resolved()
-        out = {"task": c.task}
+        out = {"task": c.task, "key_scheme": KEY_SCHEME}
         for f in dataclasses.fields(c):
             if f.metadata.get("hashed", True) and f.name not in ("recipe", "warmup_scale"):
                 out[f.name] = getattr(c, f.name)
@@ -251,6 +284,57 @@ class RunConfig:
 
     def run_dir(self) -> Path:
         return resolve_path(self.runs_dir) / self.task / f"{self.label()}-{self.key()}"
+
+
+PLACEMENT = {
+    "device": "where the run executes (a CPU and a GPU round differently; the device is "
+              "recorded in config.json and result.json)",
+    "channels_last": "memory layout of the same tensors (the default follows the device)",
+    "runs_dir": "where runs are stored",
+    "data_dir": "where the data are read from (their content is checked by verify_data)",
+    "workers": "DataLoader processes; hashed by a task when they change the batches (CIFAR's "
+               "dataloader loader)",
+    "log_every": "how often the loss is checked and printed",
+    "stop_after": "leaving early; the next call continues the same run",
+    "wait": "what to do when another process holds the run",
+    "download": "whether missing data are fetched (the files are checked against their MD5s)",
+    "verify_data": "whether the data files are checked (the data are the same files either "
+                   "way; an unchecked file is the user's responsibility)",
+}
+"""Config fields left out of the key because they say where or how fast a run executes, with
+the reason. A test walks every field: each is hashed, placement, or in ``ENTERS_VIA``."""
+
+ENTERS_VIA = {
+    "fp_epochs": "init_from (the full-precision parent's key)",
+    "fp_seed": "init_from (the full-precision parent's key)",
+}
+"""Unhashed fields that change the computation through another hashed field."""
+
+
+def parse_overrides(text: str) -> dict[str, int | None]:
+    """``"conv1=4,output=fp"`` -> ``{"conv1": 4, "output": None}`` (32 or fp: full precision)."""
+    out: dict[str, int | None] = {}
+    for item in (t.strip() for t in str(text or "").split(",")):
+        if not item:
+            continue
+        name, sep, value = item.partition("=")
+        name, value = name.strip(), value.strip().lower()
+        if not sep or not name:
+            raise ValueError(f"overrides: {item!r} is not NAME=BITS; write e.g. "
+                             "--overrides features.init_block.conv=4,output=fp")
+        if value in ("fp", "32", "none"):
+            out[name] = None
+            continue
+        try:
+            out[name] = check_bits(int(value))
+        except ValueError:
+            raise ValueError(f"overrides: {item!r}: bits must be 1..8, or 32/fp for full "
+                             "precision") from None
+    return out
+
+
+def format_overrides(overrides: dict[str, int | None]) -> str:
+    return ",".join(f"{k}={'fp' if v is None else v}" for k, v in sorted(overrides.items()))
 
 
 def validate_fields(cfg: RunConfig) -> None:
@@ -450,6 +534,13 @@ class Run:
             raise CorruptFile(f"{run_dir / 'config.json'} does not hold a valid config ({err}); "
                               "delete the run directory to retrain it") from err
         key = cfg.key()
+        scheme = saved.get("key_scheme", 1)
+        if scheme != KEY_SCHEME and not run_dir.name.endswith(key):
+            raise CorruptFile(
+                f"{run_dir} was made under key scheme {scheme}; this uniq names runs by scheme "
+                f"{KEY_SCHEME}, so its name is no longer its config's key ({key}). If it is the "
+                f"run you want, rename it to {run_dir.parent / (cfg.label() + '-' + key)}; "
+                "otherwise delete it to retrain")
         if not run_dir.name.endswith(key):
             raise CorruptFile(
                 f"{run_dir / 'config.json'} was changed after the run was made: its config "
@@ -512,6 +603,75 @@ def load_weights_into(model: nn.Module, state: dict, where: str, strict: bool = 
                          "check that the start run has the same architecture")
 
 
+def older_scheme_run(cfg: RunConfig) -> Path | None:
+    """A run directory of this run's label made under another key scheme whose saved config is
+    this config (every field but the placement ones): the same computation under an old name.
+    None when there is none."""
+    run_dir = cfg.run_dir()
+    if run_dir.exists() or not run_dir.parent.is_dir():
+        return None
+    want = {k: v for k, v in cfg.resolved().to_dict().items() if k not in PLACEMENT}
+    for other in sorted(run_dir.parent.glob(f"{cfg.label()}-*")):
+        try:
+            saved = read_json(other / "config.json")
+        except (FileNotFoundError, CorruptFile):
+            continue
+        if saved.get("key_scheme", 1) == KEY_SCHEME:
+            continue
+        fields = dict(saved["config"])
+        # Scheme 1 applied a non-MSE init to every layer (there was no init_scope field).
+        fields.setdefault("init_scope", "all")
+        try:
+            old = type(cfg).from_dict({**fields, **placement(cfg)}).resolved()
+        except (KeyError, TypeError, ValueError):
+            continue
+        if {k: v for k, v in old.to_dict().items() if k not in PLACEMENT} == want:
+            return other
+    return None
+
+
+def check_key_scheme(cfg: RunConfig) -> None:
+    """Stop with what to do when this run exists under an older key scheme."""
+    old = older_scheme_run(cfg)
+    if old is None:
+        return
+    scheme = read_json(old / "config.json").get("key_scheme", 1)
+    what = (f"its saved config is this one, so rename it to reuse it (mv {old} "
+            f"{cfg.run_dir()}), or delete it (or pass --fresh) to retrain"
+            if (old / "result.json").exists() else "it is unfinished and its checkpoint is "
+            "keyed by the old scheme: delete it, or pass --fresh to retrain")
+    raise ValueError(f"{old} holds this run under key scheme {scheme} (this uniq names runs by "
+                     f"scheme {KEY_SCHEME}, so it is not found under its new name): {what}")
+
+
+def remove_stale_temporaries(run_dir: Path, say=print) -> None:
+    """Temporary files (``.NAME.HOST.PID.tmp``) left by processes of this host that died
+    mid-write; called under the run's lock, so no live writer owns them."""
+    import os
+    import socket
+
+    host = socket.gethostname()
+    for tmp in run_dir.glob(f".*.{host}.*.tmp"):
+        pid_text = tmp.name.rsplit(".", 2)[1]
+        if not pid_text.isdigit() or not tmp.name.endswith(f".{host}.{pid_text}.tmp"):
+            continue
+        pid = int(pid_text)
+        if pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)
+            continue  # alive
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # alive, another user's
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # a read-only copy of the runs: nothing to tidy there
+            continue
+        say(f"[{run_dir.name}] removed {tmp.name}, left by pid {pid} that ended mid-write")
+
+
 def finished_run(run_dir: Path) -> Run | None:
     if (run_dir / "result.json").exists():
         return Run.load(run_dir)
@@ -550,10 +710,14 @@ def fit(config: RunConfig, *, resume: str = "auto", quiet: bool = False) -> Run 
     run_dir = cfg.run_dir()
     ckpt_path = run_dir / "checkpoint.pt"
     if resume != "never" and (done := finished_run(run_dir)):
+        if d.main:
+            remove_stale_temporaries(run_dir, say)
         say(f"[{run_dir.name}] finished before: top-1 {done.top1:.2f}% (cached)")
         return done
     if resume == "require" and not ckpt_path.exists():
         raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
+    if resume != "never":
+        check_key_scheme(cfg)
 
     start = None
     if cfg.init_from is not None:
@@ -572,6 +736,8 @@ def fit(config: RunConfig, *, resume: str = "auto", quiet: bool = False) -> Run 
         if done_dir:
             say(f"[{run_dir.name}] finished by another process: top-1 {done.top1:.2f}%")
             return Run.load(done_dir)
+        if d.main and run_dir.is_dir():
+            remove_stale_temporaries(run_dir, say)
         if resume == "never" and d.main:
             for name in ("result.json", "model.pt", "checkpoint.pt"):
                 (run_dir / name).unlink(missing_ok=True)
@@ -686,6 +852,7 @@ def _train(cfg: RunConfig, d: dist.Dist, run_dir: Path, start: dict | None, say,
     if d.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic({"task": cfg.task, "config": cfg.to_dict(), "key": cfg.key(),
+                           "key_scheme": KEY_SCHEME,
                            "label": cfg.label(), "recipe": recipe.as_dict(), "data": data.info,
                            "conversion": conversion_report(model).to_dict("records")
                            if cfg.bits != FULL_PRECISION else [],
@@ -705,7 +872,7 @@ def _train(cfg: RunConfig, d: dist.Dist, run_dir: Path, start: dict | None, say,
                                          epoch, step, label, quiet)
         eval_loss, eval_top1, _ = evaluate(net, data.eval, d, cfg.precision)
         row.update(eval_loss=eval_loss, eval_top1=eval_top1, epoch_time_s=time.time() - t0)
-        check_finite(model, row["train_loss"], epoch, step, cfg, label)
+        check_finite(model, row["train_loss"], epoch, step, cfg, label, eval_loss)
         history["metrics"].append(row)
         history["dynamics"] += dyn
         if d.main:
@@ -786,14 +953,22 @@ def train_one_epoch(cfg: RunConfig, net: nn.Module, model: nn.Module,
     return row, probe_rows(epoch, probes) if d.main else [], step
 
 
+def restart_lr(cfg: RunConfig) -> float:
+    """A learning rate to restart a diverged run with, on the recipe's own scale: half the
+    recipe's rate, or half the rate used if that was already lower (an ``--lr`` far above the
+    recipe's would diverge again at half its value)."""
+    own = get_recipe(cfg.recipe or default_recipe(cfg.bits)).lr
+    return min(cfg.recipe_obj().lr, own) / 2
+
+
 def diverged(what: str, epoch: int, step: int, cfg: RunConfig, label: str) -> TrainingDiverged:
     run_dir = cfg.run_dir()
     ckpt = run_dir / "checkpoint.pt"
     kept = (f"The last good checkpoint (end of an earlier epoch) is kept at {ckpt}."
             if ckpt.exists() else "No checkpoint had been written yet.")
-    lr = cfg.recipe_obj().lr
+    lr = restart_lr(cfg)
     how = (f"To continue, start a new run from it with a lower learning rate, e.g. "
-           f"--init-from-run {run_dir} --lr {lr / 2:g} (weights only, steps re-calibrated)"
+           f"--init-from-run {run_dir} --lr {lr:g} (weights only, steps re-calibrated)"
            if ckpt.exists() else "Lower the learning rate (--lr), add warm-up, or check the "
            "data and the step-size init")
     return TrainingDiverged(f"[{label}] training diverged in epoch {epoch + 1} (step {step}): "
@@ -801,14 +976,17 @@ def diverged(what: str, epoch: int, step: int, cfg: RunConfig, label: str) -> Tr
 
 
 def check_finite(model: nn.Module, loss: float, epoch: int, step: int, cfg: RunConfig,
-                 label: str) -> None:
-    """Before a checkpoint is written: the loss and every parameter (steps included) finite.
-    One host sync for all parameters; the names are looked up only when something is bad."""
+                 label: str, eval_loss: float = 0.0) -> None:
+    """Before a checkpoint is written: the training loss, the evaluation loss and every
+    parameter (steps included) finite, so every checkpoint kept is a good one. One host sync
+    for all parameters; the names are looked up only when something is bad."""
     params = list(model.parameters())
     weights_ok = bool(torch.stack([torch.isfinite(p).all() for p in params]).all())
-    if math.isfinite(loss) and weights_ok:
+    if math.isfinite(loss) and math.isfinite(eval_loss) and weights_ok:
         return
     bad = [] if math.isfinite(loss) else [f"the training loss is {loss}"]
+    if not math.isfinite(eval_loss):
+        bad += [f"the evaluation loss is {eval_loss}"]
     if not weights_ok:
         bad += [f"{next(n for n, p in model.named_parameters() if not torch.isfinite(p).all())} "
                 "is not finite"]

@@ -49,7 +49,24 @@ class Profile:
 
     @property
     def comparable(self) -> bool:
-        return self.dataset == "cifar100" and self.depth == 32 and self.epochs == PAPER_EPOCHS
+        """Decided by ``uniq.comparable`` on this profile's runs (the rule of every table,
+        claim and report)."""
+        return not self.paper_differences()
+
+    def paper_differences(self, precision: str = "fp32") -> list[str]:
+        """What this profile's runs change from the paper's setting (empty: none)."""
+        from .comparable import paper_differences
+
+        out: list[str] = []
+        for bits in (2, 1):  # a multi-bit run, and a warm-up run (where the scale shows)
+            cfg = CifarConfig(bits=bits, dataset=self.dataset, depth=self.depth,
+                              batch_size=self.batch_size, calib_batches=self.calib_batches,
+                              epochs=self.epochs, fp_epochs=self.fp_epochs,
+                              warmup_scale=self.warmup_scale, precision=precision,
+                              synthetic_train=self.synthetic_train,
+                              synthetic_test=self.synthetic_test)
+            out += [d for d in paper_differences(cfg) if d not in out]
+        return out
 
     @property
     def model_name(self) -> str:
@@ -149,6 +166,13 @@ class Context:
                     fp_epochs=p.fp_epochs, precision=self.precision,
                     runs_dir=str(self.runs_dir), data_dir=str(self.data_dir),
                     device=self.device, compile=p.compile)
+
+    def comparable(self) -> tuple[bool, str]:
+        """Whether this context's runs are in the paper's setting, and what differs
+        (``uniq.comparable``: the one rule of tables, claims and the report)."""
+        differences = self.profile.paper_differences(self.precision)
+        return (not differences, "differs from the paper's setting: " + "; ".join(differences)
+                if differences else "")
 
     def describe(self) -> str:
         p = self.profile
@@ -272,9 +296,12 @@ def run(cfg: CifarConfig) -> Run:
 
 
 def _state(cfg: CifarConfig) -> str:
+    from .engine import older_scheme_run
+
     d = cfg.run_dir()
     return ("done" if (d / "result.json").exists() else "partial"
-            if (d / "checkpoint.pt").exists() else "missing")
+            if (d / "checkpoint.pt").exists() else "old-key" if older_scheme_run(cfg)
+            else "missing")
 
 
 def train_command(cfg: CifarConfig) -> str:
@@ -285,7 +312,7 @@ def train_command(cfg: CifarConfig) -> str:
         if not f.metadata.get("cli", True):
             continue
         v = getattr(cfg, f.name)
-        if v == getattr(default, f.name) or f.name in ("compile",):
+        if v == getattr(default, f.name):
             continue
         flag = "--" + f.name.replace("_", "-")
         if isinstance(v, bool):
@@ -320,7 +347,7 @@ def distinct_runs(ctx: Context, keys: Iterable[str] | None = None
 
 def _placement(ctx: Context) -> dict:
     b = ctx.base()
-    return {k: b[k] for k in ("runs_dir", "data_dir", "device", "compile")}
+    return {k: b[k] for k in ("runs_dir", "data_dir", "device")}
 
 
 def plan(ctx: Context, keys: Iterable[str] | None = None) -> list[dict]:
@@ -495,10 +522,19 @@ def figure3_runs(ctx: Context, seed: int | None = None) -> dict[str, Run]:
 # --- measurements for the claims ------------------------------------------------------------
 
 
+FIGURE4_EARLY = 30 / PAPER_EPOCHS
+"""Figure 4's early window: the paper's figure looks at the first 30 of 350 epochs."""
+MIN_MOVED = 0.05
+"""Relative distance ``||W - W0|| / ||W0||`` below which trained weights count as not moved
+from their full-precision start: a skewness claim on them is inconclusive (a project choice;
+the paper trains 350 epochs, where the weights move far more)."""
+
+
 def sqnr_gap_early(dynamics: pd.DataFrame, layer: str, epochs: int,
-                   fraction: float = 0.3) -> float:
+                   fraction: float = FIGURE4_EARLY) -> float:
     """Mean of (optimal SQNR - measured SQNR) in dB for one activation quantizer over the
-    probes in the first ``fraction`` of training (Figure 4's claim)."""
+    probes in the first ``fraction`` of training (Figure 4's claim: the paper's first 30 of
+    350 epochs, scaled to the run's length)."""
     d = dynamics[(dynamics.layer == layer) & (dynamics.epoch_float < fraction * epochs)]
     if d.empty:
         d = dynamics[dynamics.layer == layer].head(2)
@@ -528,9 +564,16 @@ def measurements(ctx: Context, train: bool = False) -> tuple[pd.DataFrame, dict]
                 model = r.model()
                 layers = layer_cache.setdefault("f3", figure3_layers(model))
                 state = model.state_dict()
+                start = Run.load(fp_config(ctx).run_dir()).state_dict()  # their own FP start
                 for tag, name in zip("AB", layers, strict=False):
                     w = state[f"{name}.weight"].double().flatten().numpy()
-                    rows.append({**base, "metric": f"weight_skew:{tag}", "value": float(skew(w))})
+                    w0 = start[f"{name}.weight"].double().flatten().numpy()
+                    change = float(skew(w) - skew(w0))
+                    for metric, value in (
+                            ("weight_skew", float(skew(w))), ("weight_skew_change", change),
+                            ("weight_abs_skew_change", abs(change)),
+                            ("weight_moved", float(np.linalg.norm(w - w0) / np.linalg.norm(w0)))):
+                        rows.append({**base, "metric": f"{metric}:{tag}", "value": value})
             if e.key in ("t6/sgd-lr0.01", "t6/sgd-warmup5", "t6/adam-lr0.004", "t4/uniq/2b"):
                 dyn = r.dynamics()
                 if not dyn.empty:
@@ -572,35 +615,72 @@ def imagenet_demo(ctx: Context) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def unmoved(values: pd.DataFrame) -> dict[tuple[str, str], tuple[str, str]]:
+    """Figure 3's experiments whose weights barely left their FP start (mean ``weight_moved``
+    below :data:`MIN_MOVED`): a skewness claim on them cannot be decided."""
+    out = {}
+    moved = values[values.metric.str.startswith("weight_moved:")]
+    for (key, metric), part in moved.groupby(["experiment", "metric"]):
+        layer = metric.split(":", 1)[1]
+        if part.value.mean() < MIN_MOVED:
+            out[(key, f"weight_*:{layer}")] = ("weights did not move", (
+                f"{key} layer {layer} moved {100 * part.value.mean():.1f}% from its "
+                f"full-precision start (under {100 * MIN_MOVED:g}%): its skewness says nothing "
+                "about training"))
+    return out
+
+
 def claims_table(ctx: Context, train: bool = False) -> pd.DataFrame:
-    """Every claim of ``data/claims.csv`` with its effect, 95% interval and verdict."""
+    """Every claim of ``data/claims.csv`` with its effect, 95% interval and verdict. Runs are
+    pooled only when their configs differ in the seed alone, and "comparable to the paper" is
+    decided by ``uniq.comparable`` for each experiment's runs."""
     from .claims import evaluate_claims
+    from .comparable import comparable_to_paper
 
     values, missing = measurements(ctx, train)
+    comparability = {e.key: comparable_to_paper(
+        [config(ctx, e, s) for s in ((0,) if e.bits == 32 else ctx.seeds)])
+        for e in experiments(ctx)}
     for key in ("t2/resnet18/uniq/4b", "t2/resnet18/uniq/3b", "t2/resnet18/uniq/2b",
                 "t2/resnet18/lsq/4b", "t2/resnet18/lsq/3b", "t2/resnet18/lsq/2b"):
         missing.setdefault(key, ["python -m uniq imagenet --arch preresnet18 --bits "
                                  f"{key[-2]} --method {key.split('/')[2]} --data-dir <imagenet>"])
-    imagenet = imagenet_measurements(ctx)
+    imagenet, imagenet_comparability, incompatible = imagenet_measurements(ctx)
     for key in set(imagenet.experiment):
         missing.pop(key, None)
+    comparability.update(imagenet_comparability)
     values = pd.concat([values, imagenet], ignore_index=True)
-    return evaluate_claims(values, missing=missing, profile=ctx.profile.name)
+    return evaluate_claims(values, missing=missing, profile=ctx.profile.name,
+                           comparability=comparability, incompatible=incompatible,
+                           inconclusive=unmoved(values))
 
 
-def imagenet_measurements(ctx: Context) -> pd.DataFrame:
-    """Finished ImageNet ResNet-18 runs as claim measurements (``t2/resnet18/<method>/<b>b``)."""
-    from .paper import imagenet_results
+def imagenet_measurements(ctx: Context) -> tuple[pd.DataFrame, dict, dict]:
+    """Finished ImageNet ResNet-18 runs as claim measurements (``t2/resnet18/<method>/<b>b``),
+    each experiment's comparability to the paper, and the experiments whose runs differ in more
+    than the seed (``{experiment: what differs}``: not pooled, "not comparable")."""
+    from .comparable import comparable_to_paper, setting_differences
 
-    done = imagenet_results(ctx.runs_dir)
-    rows = []
-    for seed, (_, r) in enumerate(done[done.model == "resnet18"].iterrows()):
-        if r.method in ("UniQ", "LSQ"):
-            key = f"t2/resnet18/{r.method.lower()}/{r.bits}b"
+    groups: dict[str, list[Run]] = {}
+    for path in sorted(ctx.runs_dir.glob("imagenet/*/result.json")):
+        run = Run.load(path.parent)
+        c = run.config
+        if c.arch == "preresnet18" and c.bits != 32:
+            groups.setdefault(f"t2/resnet18/{c.method}/{c.bits}b", []).append(run)
+    rows, comparability, incompatible = [], {}, {}
+    for key, runs in groups.items():
+        configs = [r.config for r in runs]
+        comparability[key] = comparable_to_paper(configs)
+        differs = setting_differences(configs)
+        if differs:
+            incompatible[key] = ("runs of different settings, not pooled as seeds ("
+                                 + "; ".join(differs) + ")")
+        for i, r in enumerate(runs):
             for metric in ("top1_final", "top1_best"):
-                rows.append({"experiment": key, "seed": seed, "metric": metric,
-                             "value": r[metric], "run": r.run})
-    return pd.DataFrame(rows, columns=["experiment", "seed", "metric", "value", "run"])
+                rows.append({"experiment": key, "seed": i if differs else r.config.seed,
+                             "metric": metric, "value": r.result[metric], "run": r.dir.name})
+    return (pd.DataFrame(rows, columns=["experiment", "seed", "metric", "value", "run"]),
+            comparability, incompatible)
 
 
 # --- writing results ------------------------------------------------------------------------
@@ -612,12 +692,14 @@ def save_table(ctx: Context, df: pd.DataFrame, name: str, title: str,
     profile's caveat (or ``note``, for tables that do not depend on the profile)."""
     df = df.copy()
     df.insert(0, "profile", df.pop("profile") if "profile" in df else ctx.profile.name)
-    if "top1" in df or "top1_final" in df:
-        df["comparable_to_paper"] = ctx.profile.comparable
+    comparable, differs = ctx.comparable()
+    if ("top1" in df or "top1_final" in df) and "comparable_to_paper" not in df:
+        df["comparable_to_paper"] = comparable
         df["precision"] = ctx.precision
     csv = ctx.results_dir / f"{name}.csv"
     df.to_csv(csv, index=False)
-    md = [f"# {title}", "", f"> {note or ctx.profile.caveat()}", "",
+    caveat = note or ctx.profile.caveat() + (f" ({differs})" if differs else "")
+    md = [f"# {title}", "", f"> {caveat}", "",
           df.to_markdown(index=False), ""]
     (ctx.results_dir / f"{name}.md").write_text("\n".join(md))
     return csv

@@ -880,6 +880,17 @@ def _optimized(path: str | Path):
 
 
 def cmd_export(a: argparse.Namespace) -> int:
+    for name in ("batch", "image_size"):
+        value = getattr(a, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    out = Path(a.output)
+    blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise ValueError(f"-o {out}: {blocking} is a file, not a folder; choose an output path "
+                         "inside a folder")
+    if out.is_dir():
+        raise ValueError(f"-o {out} is a folder; give a file name, e.g. {out / 'model.onnx'}")
     try:
         require("onnx"), require("onnxruntime")
         model = load_run_model(a.run_dir)

@@ -69,8 +69,13 @@ class ImageNetConfig(RunConfig):
             raise ValueError(f"image_size must be at least 16, got {self.image_size}")
 
     def hashed(self) -> dict:
+        """A weight file counts by its content (sha256), never by its path; pytorchcv's
+        weights are named by pytorchcv's own file name (which carries their checksum)."""
         out = super().hashed()
-        out["pretrained"] = "none" if self.pretrained == "none" else "pytorchcv"
+        if self.pretrained in ("none", "pytorchcv"):
+            out["pretrained"] = self.pretrained
+        else:
+            out["pretrained"] = pretrained_digest(self.arch, self.pretrained)
         return out
 
     def default_parent(self) -> ImageNetConfig | None:
@@ -102,11 +107,86 @@ class ImageNetConfig(RunConfig):
             model = quantize_model(model, self.bits, self.method, self.weight_granularity,
                                    init=self.init, grad_scale=self.grad_scale, inplace=True,
                                    example_input=example,
-                                   signed_inputs=self.signed_inputs)
+                                   signed_inputs=self.signed_inputs, **self.policy())
         return model
 
     def make_data(self, d: Dist) -> TaskData:
         return imagenet_data(self, d)
+
+
+# --- start weights --------------------------------------------------------------------------
+
+
+_DIGESTS: dict[tuple, str] = {}
+
+
+def pretrained_file(arch: str, pretrained: str) -> Path:
+    """The weight file ``--pretrained`` names (a file, or pytorchcv's cache dir)."""
+    from .models import pytorchcv_filename
+
+    path = resolve_path(pretrained)
+    if path.is_dir():
+        found = sorted(path.glob(f"{arch}-*.pth"))
+        if not found:
+            raise FileNotFoundError(
+                f"--pretrained {path}: no pytorchcv weights for {arch} in this folder; put "
+                f"{pytorchcv_filename(arch)} there or pass a state-dict file")
+        path = found[-1]
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"--pretrained {path}: no such file; pass a state dict saved with "
+            "torch.save(model.state_dict(), FILE), pytorchcv's weights, or none/pytorchcv")
+    return path
+
+
+def pretrained_digest(arch: str, pretrained: str) -> str:
+    """sha256 of a ``--pretrained`` file, taken once per file version, after checking that it
+    holds a state dict of ``arch`` (loaded with ``weights_only=True``: nothing in it runs)."""
+    path = pretrained_file(arch, pretrained)
+    stat = path.stat()
+    memo = (str(path), arch, stat.st_size, stat.st_mtime_ns)
+    if memo not in _DIGESTS:
+        check_state_dict_file(path, arch)
+        import hashlib
+
+        h = hashlib.sha256()
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _DIGESTS[memo] = "sha256:" + h.hexdigest()
+    return _DIGESTS[memo]
+
+
+def check_state_dict_file(path: Path, arch: str) -> None:
+    """One clear line for every file that is not ``arch``'s weights: not a torch file, a
+    pickle that would run code, another object, another model's state dict."""
+    from .models import imagenet_model
+
+    fix = (f"pass {arch}'s state dict saved with torch.save(model.state_dict(), FILE), "
+           "pytorchcv's weights file, or --pretrained pytorchcv/none")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises many types for a bad file
+        why = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        kind = ("a pickle that would run code (refused, nothing was executed)"
+                if "weights_only" in str(err) or "Unsupported" in str(err)
+                else f"not a torch weights file ({type(err).__name__}: {why})")
+        raise ValueError(f"--pretrained {path} is {kind}; {fix}") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
+                                              for v in state.values()):
+        raise ValueError(f"--pretrained {path} holds a {type(state).__name__}, not a state dict "
+                         f"of tensors; {fix}")
+    own = {k: tuple(v.shape) for k, v in imagenet_model(arch, False).state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in state.items()}
+    missing = sorted(set(own) - set(theirs))
+    unexpected = sorted(set(theirs) - set(own))
+    shapes = sorted(k for k in set(own) & set(theirs) if own[k] != theirs[k])
+    if missing or unexpected or shapes:
+        what = (f"missing {missing[:2]}" if missing else f"unexpected {unexpected[:2]}"
+                if unexpected else f"other shapes for {shapes[:2]}")
+        raise ValueError(f"--pretrained {path} is not a state dict of {arch} ({what}); {fix}")
 
 
 # --- data -----------------------------------------------------------------------------------

@@ -72,6 +72,14 @@ def imagenet_results(runs_dir: str | Path = "runs") -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 
+def _comparable(runs_dir: str | Path, run: str) -> bool:
+    """``uniq.comparable``'s verdict on one ImageNet run (the rule of every table and claim)."""
+    from .comparable import comparable_to_paper
+    from .engine import Run
+
+    return comparable_to_paper([Run.load(resolve_path(runs_dir) / "imagenet" / run).config])[0]
+
+
 def imagenet_tables(runs_dir: str | Path = "runs", reported: str = "top1_final"
                     ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Tables 2 and 3: the paper's numbers with reproduced top-1 where a run exists."""
@@ -84,12 +92,14 @@ def imagenet_tables(runs_dir: str | Path = "runs", reported: str = "top1_final"
         for col in REPORTED:
             t[col] = float("nan")
         t["run"] = ""
+        t["comparable_to_paper"] = None
         for i, r in t.iterrows():
             hit = done[(done.model == r.model) & (done.method == r.method) & (done.bits == r.bits)]
             if len(hit):
                 for col in REPORTED:
                     t.loc[i, col] = float(hit[col].iloc[-1])
                 t.loc[i, "run"] = hit.run.iloc[-1]
+                t.loc[i, "comparable_to_paper"] = _comparable(runs_dir, hit.run.iloc[-1])
         t = with_diff(t, reported)
         t["top1"] = t[reported]
         t["dataset"] = "imagenet"

@@ -215,6 +215,7 @@ def reproduce(profile: str = "smoke", only: list[int] | None = None, keep_going:
         "dataset": prof.dataset,
         "caveat": prof.caveat(),
         "comparable_to_paper": prof.comparable,
+        "differs_from_paper": prof.paper_differences(),
         "parameters": params,
         "seeds": {"quantized_runs": list(parse_seeds(params["SEEDS"])) if params.get("SEEDS")
                   not in (None, "None", "") else list(prof.seeds), "full_precision_run": 0,
