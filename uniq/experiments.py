@@ -624,8 +624,13 @@ def save_table(ctx: Context, df: pd.DataFrame, name: str, title: str,
 
 
 def save_figure(ctx: Context, fig, name: str) -> Path:
+    """Write ``<name>.png`` into the results and show that same image once in the notebook
+    (whatever the matplotlib backend: see ``uniq.plots.show``)."""
+    from .plots import DPI, show
+
     path = ctx.results_dir / f"{name}.png"
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    show(fig, path)
     return path
 
 
