@@ -1,6 +1,7 @@
 """The results report: ``results/<profile>/index.html``, to browse without Jupyter.
 
-``build_report(results_dir)`` writes one page with every table of the results folder (the
+``build_report(results_dir)`` writes one page that opens with a reproducibility summary (scope,
+method, results, what was easy, what was hard) and holds every table of the results folder (the
 reproduced numbers beside the paper's), every figure, the profile's caveat and the provenance,
 and renders each executed notebook into ``html/NN_name.html``. Everything is a file next to the
 page, linked relatively: it opens from the file system, with no server and no internet (no
@@ -28,6 +29,7 @@ import pandas as pd
 
 from .experiments import Profile
 from .paths import REPO
+from .repro_summary import FIDELITY, summary_html, summary_markdown
 
 NOTEBOOKS_DIR = REPO / "notebooks"
 
@@ -264,10 +266,12 @@ def _provenance_html(p: dict) -> str:
             f"</summary><pre>{full}</pre></details>")
 
 
-def build_report(results_dir: str | Path, notebook_dir: str | Path = NOTEBOOKS_DIR) -> Path:
+def build_report(results_dir: str | Path, notebook_dir: str | Path = NOTEBOOKS_DIR,
+                 fidelity: str | Path = FIDELITY) -> Path:
     """Write ``index.html`` (and ``html/NN_name.html`` per executed notebook) into the results
-    folder; returns the index page. Reads only what is in the folder, so it also works on a
-    folder copied from another machine."""
+    folder; returns the index page. It opens with the reproducibility summary
+    (``uniq.repro_summary``). Reads only what is in the folder and the fidelity page, so it also
+    works on a folder copied from another machine."""
     out = Path(results_dir)
     if not out.is_dir():
         raise FileNotFoundError(f"no results folder {out}; run `python -m uniq reproduce` first")
@@ -303,10 +307,15 @@ def build_report(results_dir: str | Path, notebook_dir: str | Path = NOTEBOOKS_D
     if caveat:
         parts.append(f'<p class="caveat{" comparable" if comparable else ""}">'
                      f"{html.escape(caveat)}</p>")
+    # first, the reproducibility summary (also as Markdown, to quote elsewhere)
+    (out / "reproducibility_summary.md").write_text(summary_markdown(out, fidelity))
+    parts.append(summary_html(out, fidelity).replace(
+        "</h2>", ' <a class="note" href="reproducibility_summary.md">(md)</a></h2>', 1))
     parts.append('<p class="note">Every table shows the reproduced numbers with the paper\'s '
                  "beside them (shaded columns) and the difference; each heading links to the "
                  "CSV. The notebooks explain how to read each table and figure.</p>")
-    nav = ['<nav><h2 id="contents">Contents</h2><ul>']
+    nav = ['<nav><h2 id="contents">Contents</h2><ul>'
+           '<li><a href="#reproducibility-summary">Reproducibility summary</a></li>']
     for number, title, _ in SECTIONS:
         if by_section.get(number):
             nav.append(f'<li><a href="#nb{number}">{number}. {html.escape(title)}</a></li>')
