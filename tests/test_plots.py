@@ -5,6 +5,7 @@ import pytest
 from matplotlib import _pylab_helpers
 
 from uniq import plots
+from uniq.data import finegrain
 
 
 def _state() -> dict:
@@ -30,6 +31,7 @@ def shown(monkeypatch):
     lambda: plots.transfer_curves(bits=2),
     lambda: plots.binary_and_activation_curves(),
     lambda: plots.distortion_curves((1, 2)),
+    lambda: plots.data_samples(finegrain(200)),
 ])
 def test_a_figure_is_shown_once_and_matplotlib_is_left_as_found(draw, shown, tmp_path):
     before = _state()

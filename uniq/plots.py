@@ -317,3 +317,26 @@ def training_curves(metrics: pd.DataFrame, title: str = ""):
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+@_legible
+def data_samples(data, classes: int = 6, per_class: int = 5, title: str | None = None):
+    """A few images of the first ``classes`` classes, one row per class (as the data set stores
+    them: uint8, before augmentation). For the laptop profile's data, rows 2k and 2k+1 are the
+    two classes of a pair: same colours, different fine pattern."""
+    fig, axes = subplots(classes, per_class, figsize=(1.3 * per_class + 1.2, 1.3 * classes),
+                         squeeze=False)
+    for row in range(classes):
+        picks = (data.labels == row).nonzero().flatten()[:per_class]
+        for col in range(per_class):
+            ax = axes[row][col]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col < len(picks):
+                ax.imshow(data.images[picks[col]].permute(1, 2, 0).numpy(),
+                          interpolation="nearest")
+        axes[row][0].set_ylabel(f"class {row}", fontsize=9)
+    fig.suptitle(title or f"{data.name}: {per_class} images of each of the first {classes} "
+                 "classes")
+    fig.tight_layout()
+    return fig
