@@ -283,7 +283,8 @@ def test_unknown_parameters_and_notebooks_are_errors(broken, tmp_path):
 
 
 def test_a_notebook_runs_on_its_own_with_papermill(tmp_path):
-    out = subprocess.run(["papermill", str(REPO / "notebooks" / "01_quantizers.ipynb"),
+    out = subprocess.run([sys.executable, "-m", "papermill",
+                          str(REPO / "notebooks" / "01_quantizers.ipynb"),
                           str(tmp_path / "out.ipynb"), "-p", "PROFILE", "smoke",
                           "-p", "RESULTS_DIR", str(tmp_path / "res")],
                          capture_output=True, text=True)
