@@ -296,7 +296,9 @@ def test_the_report_opens_with_the_reproducibility_summary(summarised):
     assert "3 seeds (0, 1, 2)" in summary
     assert "lists 4 choices" in summary and "in 2 the paper is silent" in summary
     assert "The paper does not say: step-gradient scale; seeds." in summary
+    assert "public code either (written from the paper&#x27;s description): LSQ init." in summary
     assert "largest difference 0.0003 in the unit steps and 0.050 dB" in summary
+    assert "per section of the fidelity page: Quantizer 2 of 3; Seeds 0 of 1." in summary
     sd = math.sqrt(2.5)
     assert f"pooled sd of top-1 over Table 4&#x27;s cells {sd:.2f} points" in summary
     assert f"about {detectable_effect(3, sd):.2f} points" in summary

@@ -131,7 +131,8 @@ def summary_parts(results_dir: str | Path, fidelity: str | Path = FIDELITY) -> l
             "setting.")
     device = prov.get("device", {})
     if device:
-        where = device.get("gpu") or f"CPU ({device.get('cpu_count')} threads)"
+        where = device.get("gpu") or "CPU" + (f" ({device['cpu_count']} threads)"
+                                               if device.get("cpu_count") else "")
         versions = prov.get("versions", {})
         method.paragraphs.append(
             f"Hardware: {where}. Software: Python {versions.get('python')}, torch "
@@ -180,10 +181,12 @@ def summary_parts(results_dir: str | Path, fidelity: str | Path = FIDELITY) -> l
         easy.bullets.append(f"{len(ok)} of {_plural(len(notebooks), 'notebook')} ran end to "
                             f"end in {seconds / 60:.1f} minutes, from one command.")
     if fid is not None and len(fid):
+        as_written = fid.uniq.str.lower().str.startswith("the same") | (fid.uniq == fid.paper)
+        per_section = fid.assign(same=as_written).groupby("section", sort=False).same
         easy.bullets.append(
-            "The quantizers (Eq. 3, 5), their step gradient (Eq. 6) and the MSE init "
-            "(Eq. 9-10) follow from the paper's equations; the authors' public code settles "
-            "the details it leaves open (see the fidelity page).")
+            "Choices implemented exactly as the paper (or the authors' code) states them, per "
+            "section of the fidelity page: " + "; ".join(
+                f"{name} {int(same.sum())} of {len(same)}" for name, same in per_section) + ".")
 
     # what was hard
     for f in prov.get("failures", []):
@@ -213,9 +216,11 @@ def summary_parts(results_dir: str | Path, fidelity: str | Path = FIDELITY) -> l
     if fid is not None and len(fid):
         silent = fid[fid.paper.map(lambda p: bool(SILENT.search(p)))]
         if len(silent):
-            hard.bullets.append(
-                "The paper does not say: " + "; ".join(silent.choice) + ". The LSQ baseline "
-                "and the step-size inits of Tables 4-5 are not in the authors' public code.")
+            hard.bullets.append("The paper does not say: " + "; ".join(silent.choice) + ".")
+        unpublished = fid[fid.authors_code.str.contains("not public|not in the public code")]
+        if len(unpublished):
+            hard.bullets.append("Not in the authors' public code either (written from the "
+                                "paper's description): " + "; ".join(unpublished.choice) + ".")
     if not prov.get("comparable_to_paper", False) and prov:
         hard.bullets.append("The paper's schedules (350 epochs per CIFAR-100 run, 90 per "
                             "ImageNet run) need GPUs; this profile is shorter, so its numbers "
