@@ -165,6 +165,36 @@ def test_synthetic_is_deterministic_and_shaped_like_cifar():
     assert a.num_classes == 100 and a.name == "synthetic"
 
 
+def test_finegrain_pairs_share_colour_and_differ_in_fine_detail():
+    """Laptop data: deterministic 16x16 uint8 images of 20 classes in pairs. Oracles: without
+    the fine pattern (detail=0) the two classes of a pair come from one colour template (their
+    mean images agree to sampling noise, unlike two pairs); the pattern itself (the same draws
+    with and without it) is fine detail: a 4x4 average keeps far less of its energy than of
+    the colour's."""
+    a = D.finegrain(400, train=True, seed=1)
+    assert torch.equal(a.images, D.finegrain(400, train=True, seed=1).images)
+    assert not torch.equal(a.images, D.finegrain(400, train=False, seed=1).images)
+    assert a.images.shape == (400, 3, 16, 16) and a.images.dtype == torch.uint8
+    assert a.num_classes == 20 and a.name == "finegrain" and int(a.labels.max()) < 20
+    with pytest.raises(ValueError, match="pairs"):
+        D.finegrain(10, num_classes=5)
+
+    plain = D.finegrain(8_000, seed=1, detail=0.0, noise=0.0)
+    x = plain.images.double()
+    means = torch.stack([x[plain.labels == k].mean(0) for k in range(20)])
+    within = (means[0::2] - means[1::2]).pow(2).mean()
+    between = (means[0::2] - means[0::2].roll(1, 0)).pow(2).mean()
+    assert within < 0.05 * between
+
+    pattern = D.finegrain(8_000, seed=1, noise=0.0).images.double() - x
+    colour = x - 128
+
+    def kept(img):  # share of the energy a 4x4 average keeps
+        return float(torch.nn.functional.avg_pool2d(img, 4).pow(2).mean() / img.pow(2).mean())
+
+    assert kept(pattern) < 0.4 and kept(colour) > 0.8
+
+
 def _offsets(batch, marker):
     """Recover the crop offset and flip of each augmented marker image."""
     out = []

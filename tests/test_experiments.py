@@ -12,7 +12,7 @@ import uniq.experiments as X
 from uniq.__main__ import build_parser, config_from_args
 
 
-@pytest.mark.parametrize("profile", ["smoke", "quick", "paper"])
+@pytest.mark.parametrize("profile", ["smoke", "laptop", "quick", "paper"])
 def test_a_profile_needs_23_distinct_runs_per_seed(tmp_path, profile):
     ctx = X.context(profile, results_dir=str(tmp_path / "res"), runs_dir=str(tmp_path),
                     seeds=1)
@@ -176,3 +176,32 @@ def test_skewness_claims_on_weights_that_did_not_move_are_inconclusive():
     blocked = X.unmoved(values)
     assert set(blocked) == {("t4/uniq/2b", "weight_*:A")}
     assert "1.5%" in blocked[("t4/uniq/2b", "weight_*:A")][1]
+
+
+def test_the_laptop_profile_resolves_and_is_the_notebooks_cpu_default(tmp_path, monkeypatch):
+    """``PROFILE = "auto"`` (the notebooks' default) is ``laptop`` without a GPU, ``quick``
+    with one; the laptop profile trains on the generated fine-detail data, its own runs."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    ctx = X.context("auto", results_dir=str(tmp_path / "res"), runs_dir=str(tmp_path))
+    assert ctx.profile.name == "laptop" and ctx.seeds == (0, 1, 2)
+    fp = X.fp_config(ctx)
+    assert fp.dataset == "finegrain" and fp.resolved().dataset == "finegrain"
+    assert not ctx.profile.comparable and "NOT comparable" in ctx.profile.caveat()
+    smoke = X.context("smoke", results_dir=str(tmp_path / "s"), runs_dir=str(tmp_path))
+    assert X.fp_config(smoke).key() != fp.key()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert X.get_profile("auto").name == "quick"
+
+
+def test_one_short_run_on_the_laptop_data(tmp_path, tiny_config):
+    """The laptop profile's data and model through the engine: 20 classes of 16x16 images."""
+    from uniq.engine import fit
+
+    laptop = X.get_profile("laptop")
+    cfg = tiny_config(tmp_path, dataset=laptop.dataset, depth=laptop.depth, epochs=1,
+                      synthetic_train=256, synthetic_test=100, batch_size=64)
+    r = fit(cfg, quiet=True)
+    assert r.result["dataset"] == "finegrain" and r.summary["num_classes"] == 20
+    assert r.result["eval_size"] == 100 and 0 <= r.result["top1_final"] <= 100

@@ -213,3 +213,108 @@ def test_figures_draw_without_warnings_and_titles_say_what_ran(recwarn):
     assert "0.25-epoch" in heading and "+0.02% over the run" in heading
     plt.close(fig)
     assert [str(w.message) for w in recwarn] == []
+
+
+# ------------------------------------------------------------ the reproducibility summary
+
+FIDELITY_PAGE = """# fidelity
+
+## Quantizer
+
+| choice | paper | authors' code | uniq default | alternative (flag) |
+|---|---|---|---|---|
+| weight quantizer | Eq. 3 | the same | the same, `symmetric_quantize` | — |
+| step-gradient scale | not mentioned | `1/sqrt(n Qp)` | on | `--no-grad-scale` |
+| LSQ init | `2 E\\|W\\| / sqrt(Qp)` | not public | `2 E\\|W\\| / sqrt(Qp)` | — |
+
+## Seeds
+
+| choice | paper | authors' code | uniq default | alternative (flag) |
+|---|---|---|---|---|
+| seeds | not stated; single numbers | none | seed 0 | `--seed` |
+"""
+
+
+@pytest.fixture
+def summarised(results):
+    """The results folder with a claims table, Table 1, Table 4's seeds and full provenance."""
+    out, notebook_dir = results
+    fidelity = notebook_dir.parent / "docs" / "fidelity.md"
+    fidelity.write_text(FIDELITY_PAGE)
+    pd.DataFrame([
+        {"id": "T4-a", "source": "Table 4", "statement": "UniQ beats LSQ at 2 bits",
+         "effect": 1.5, "ci_low": 0.5, "ci_high": 2.5, "paper_effect": 0.8, "verdict": "holds",
+         "comparable_to_paper": False},
+        {"id": "T5-b", "source": "Table 5", "statement": "MSE beats 0.1", "effect": 0.1,
+         "ci_low": -1.0, "ci_high": 1.2, "paper_effect": 2.2, "verdict": "inconclusive",
+         "comparable_to_paper": False},
+        {"id": "T2-c", "source": "Table 2", "statement": "ImageNet", "effect": float("nan"),
+         "ci_low": float("nan"), "ci_high": float("nan"), "paper_effect": 0.4,
+         "verdict": "not run", "comparable_to_paper": False},
+    ]).to_csv(out / "claims.csv", index=False)
+    pd.DataFrame({"bits": [1, 2, 5], "step_w": [1.5958, 0.9957, 0.1],
+                  "step_w_paper": [1.596, 0.996, float("nan")], "sqnr_w_db": [4.4, 9.3, 30.0],
+                  "sqnr_w_db_paper": [4.4, 9.25, float("nan")], "step_a": [0.8, 0.5, 0.1],
+                  "step_a_paper": [0.8, 0.5, float("nan")], "sqnr_a_db": [4.0, 8.0, 30.0],
+                  "sqnr_a_db_paper": [4.0, 8.0, float("nan")]}).to_csv(out / "table1.csv",
+                                                                       index=False)
+    # two cells, three seeds each: pooled sd = sqrt((2 * 1 + 2 * 4) / 4) = sqrt(2.5)
+    pd.DataFrame({"experiment": ["t4/fp"] + ["a"] * 3 + ["b"] * 3, "seed": [0, 0, 1, 2, 0, 1, 2],
+                  "top1_final": [70.0, 10.0, 11.0, 12.0, 20.0, 22.0, 24.0]}).to_csv(
+        out / "table4_seeds.csv", index=False)
+    prov = json.loads((out / "provenance.json").read_text())
+    prov.update({"profile_settings": {"depth": 8, "dataset": "synthetic", "fp_epochs": 6,
+                                      "epochs": 2, "synthetic_train": 512,
+                                      "synthetic_test": 250, "seeds": [0, 1]},
+                 "seeds": {"quantized_runs": [0, 1, 2]},
+                 "versions": {"python": "3.11", "torch": "2"},
+                 "lock": {"hash": "sha256:" + "a" * 64}})
+    (out / "provenance.json").write_text(json.dumps(prov))
+    return out, notebook_dir, fidelity
+
+
+def test_the_report_opens_with_the_reproducibility_summary(summarised):
+    import math
+
+    from uniq.claims import detectable_effect
+    from uniq.repro_summary import HEADINGS, fidelity_rows
+
+    out, notebook_dir, fidelity = summarised
+    text = build_report(out, notebook_dir, fidelity).read_text()
+    first = text.index("<h2")
+    assert text[first:].startswith('<h2>Reproducibility summary')
+    positions = [text.index(f"<h3>{h}</h3>") for h in HEADINGS]
+    assert positions == sorted(positions) and positions[-1] < text.index('id="contents"')
+    summary = text[first:text.index("</section>")]
+    # scope and results come from the claims table
+    assert "3 claims" in summary and "1 from Table 4, 1 from Table 5, 1 from Table 2" in summary
+    assert "1 holds, 1 inconclusive, 1 not run" in summary
+    assert "holds: T4-a: UniQ beats LSQ at 2 bits (effect +1.50 [+0.50, +2.50], paper +0.80)" \
+        in summary
+    # methodology from the provenance, easy/hard from Table 1, the seeds and the fidelity page
+    assert "ResNet-8 on synthetic data (512 training, 250 test images" in summary
+    assert "3 seeds (0, 1, 2)" in summary
+    assert "lists 4 choices" in summary and "in 2 the paper is silent" in summary
+    assert "The paper does not say: step-gradient scale; seeds." in summary
+    assert "public code either (written from the paper&#x27;s description): LSQ init." in summary
+    assert "largest difference 0.0003 in the unit steps and 0.050 dB" in summary
+    assert "per section of the fidelity page: Quantizer 2 of 3; Seeds 0 of 1." in summary
+    sd = math.sqrt(2.5)
+    assert f"pooled sd of top-1 over Table 4&#x27;s cells {sd:.2f} points" in summary
+    assert f"about {detectable_effect(3, sd):.2f} points" in summary
+    assert "05_table5.ipynb failed at cell 3" in summary
+    assert (out / "reproducibility_summary.md").read_text().startswith(
+        "# Reproducibility summary\n\n## Scope of reproducibility")
+    # an escaped pipe inside a cell is no column break
+    rows = fidelity_rows(fidelity)
+    assert rows.set_index("choice").loc["LSQ init", "paper"] == "`2 E|W| / sqrt(Qp)`"
+    assert check_page(out / "index.html", out) == []
+
+
+def test_the_summary_says_what_is_missing(results):
+    from uniq.repro_summary import summary_parts
+
+    out, _ = results
+    parts = {p.heading: p for p in summary_parts(out, out / "no-fidelity.md")}
+    assert "No claims table was found" in parts["Scope of reproducibility"].paragraphs[0]
+    assert parts["Results"].bullets == []

@@ -1,6 +1,7 @@
 """The smoke reproduction end to end (all notebooks through papermill) and the runner's errors."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -19,8 +20,20 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("smoke")
-    code = reproduce("smoke", out_dir=tmp / "results", parameters={"RUNS_DIR": str(tmp / "runs")})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MPLBACKEND", "Agg")  # as `make reproduce` exports it
+        code = reproduce("smoke", out_dir=tmp / "results",
+                         parameters={"RUNS_DIR": str(tmp / "runs")})
     return code, tmp / "results"
+
+
+def inline_images(executed: Path) -> list[str]:
+    """The image/png outputs of an executed notebook, each as the figure file it shows (its
+    ``uniq_figure`` metadata; "?" for an image that names none)."""
+    book = nbformat.read(executed, as_version=4)
+    return [o.get("metadata", {}).get("image/png", {}).get("uniq_figure", "?")
+            for c in book.cells if c.cell_type == "code" for o in c.get("outputs", [])
+            if "image/png" in o.get("data", {})]
 
 
 def test_every_notebook_runs(smoke):
@@ -91,6 +104,41 @@ def test_figures_and_summary_exist(smoke):
         assert path.exists() and path.stat().st_size > 10_000, name
     summary = pd.read_csv(out / "summary.csv")
     assert {1, 4, 5, 6} <= set(summary.table)
+
+
+@pytest.mark.slow
+def test_every_figure_file_is_shown_inline_once(smoke):
+    """Under MPLBACKEND=Agg (as `make` runs it), each figure a notebook writes is displayed in
+    the executed notebook, once, as that very file."""
+    _, out = smoke
+    shown = {nb.name: inline_images(out / nb.name) for nb in notebooks()}
+    everything = sorted(name for names in shown.values() for name in names)
+    files = sorted(p.name for p in out.glob("*.png"))
+    assert len(files) >= 10 and everything == files, shown
+    assert len(shown["01_quantizers.ipynb"]) == 3
+
+
+@pytest.mark.slow
+def test_a_pyplot_figure_after_a_uniq_figure_still_shows(tmp_path, monkeypatch):
+    """In a kernel started with MPLBACKEND=Agg in the environment: a uniq figure, then a plain
+    pyplot figure; each shows once, in its own cell."""
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    _notebook(nbs / "01_figures.ipynb", "import uniq.plots as P\n"
+              "fig = P.transfer_curves()\nP.show(fig)")
+    book = nbformat.read(nbs / "01_figures.ipynb", as_version=4)
+    book.cells.append(nbformat.v4.new_code_cell(
+        "import matplotlib.pyplot as plt\nfig, ax = plt.subplots()\nax.plot([0, 1])\n"
+        "print(plt.get_backend())"))
+    nbformat.write(book, nbs / "01_figures.ipynb")
+    assert reproduce("smoke", out_dir=tmp_path / "out", notebooks_dir=nbs) == 0
+    executed = nbformat.read(tmp_path / "out" / "01_figures.ipynb", as_version=4)
+    images = [sum("image/png" in o.get("data", {}) for o in c.get("outputs", []))
+              for c in executed.cells if c.cell_type == "code"]
+    assert images[-3:] == [1, 0, 1], images  # the uniq cell, print('the cell after'), pyplot
+    assert "inline" in executed.cells[-1].outputs[0].text
+    assert os.environ["MPLBACKEND"] == "Agg"  # the runner's own environment is left as it was
 
 
 def test_provenance_is_complete(smoke):

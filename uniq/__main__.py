@@ -194,6 +194,7 @@ def cmd_doctor(a: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .cifar import CifarConfig
+    from .experiments import PROFILES
     from .imagenet import ImageNetConfig
 
     p = argparse.ArgumentParser(prog="python -m uniq", description=__doc__,
@@ -205,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
                  ImageNetConfig)
     r = sub.add_parser("runs", help="list the distinct CIFAR runs a profile needs, or print "
                        "the commands that train the missing ones")
-    r.add_argument("--profile", default="smoke", choices=["smoke", "quick", "paper"])
+    r.add_argument("--profile", default="smoke", choices=list(PROFILES))
     r.add_argument("--seeds", default="", help="a count (3) or a list (0,1,2); default: the "
                    "profile's")
     r.add_argument("--commands", action="store_true", help="one training command per run "
@@ -215,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="auto")
     r.set_defaults(func=cmd_runs)
     r = sub.add_parser("reproduce", help="run every notebook with papermill into results/")
-    r.add_argument("--profile", default="smoke", choices=["smoke", "quick", "paper"])
+    r.add_argument("--profile", default="smoke", choices=list(PROFILES))
     r.add_argument("--only", default="", help="comma-separated notebook numbers, e.g. 4,5")
     r.add_argument("--keep-going", action="store_true", help="continue after a failing notebook")
     r.add_argument("--out-dir", default=None, help="default: results/<profile>")

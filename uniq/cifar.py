@@ -58,8 +58,8 @@ class CifarConfig(RunConfig):
 
     task = "cifar"
 
-    dataset: str = option("cifar100", "cifar100, or synthetic (generated offline; not "
-                          "comparable to the paper)", ("cifar100", "synthetic"))
+    dataset: str = option("cifar100", "cifar100, or synthetic / finegrain (generated offline; "
+                          "not comparable to the paper)", ("cifar100", "synthetic", "finegrain"))
     data_fraction: float = option(1.0, "train on a random fraction of the training set")
     synthetic_train: int = option(50_000, "images in the synthetic training set")
     synthetic_test: int = option(10_000, "images in the synthetic test set")

@@ -641,7 +641,7 @@ def plot_claims(table: pd.DataFrame, width: float = 9.0):
     """Effect and its interval per claim (horizontal bars), the paper's effect (black diamond),
     zero, the ``match`` margin (shaded), the verdict as colour and label. One panel per kind of
     metric (top-1 points, skewness, dB), since their units differ."""
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: no backend chosen, nothing shown twice
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
@@ -650,10 +650,10 @@ def plot_claims(table: pd.DataFrame, width: float = 9.0):
     if not families:
         raise ValueError("plot_claims: the claims table is empty")
     sizes = [int((table["metric"].map(_family) == f).sum()) for f in families]
-    fig, axes = plt.subplots(len(families), 1, figsize=(width, 0.32 * sum(sizes) + 1.2 *
-                                                          len(families) + 0.6),
-                             gridspec_kw={"height_ratios": [s + 1.5 for s in sizes]},
-                             squeeze=False, layout="constrained")
+    fig = Figure(figsize=(width, 0.32 * sum(sizes) + 1.2 * len(families) + 0.6),
+                 layout="constrained")
+    axes = fig.subplots(len(families), 1, squeeze=False,
+                        gridspec_kw={"height_ratios": [s + 1.5 for s in sizes]})
     for ax, family in zip(axes[:, 0], families, strict=True):
         part = table[table["metric"].map(_family) == family].reset_index(drop=True)
         y = np.arange(len(part))[::-1].astype(float)

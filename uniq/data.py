@@ -280,12 +280,60 @@ def synthetic_cifar(
     return ImageData(images, labels, "synthetic", num_classes)
 
 
+FINEGRAIN_CLASSES = 20
+FINEGRAIN_SIZE = 16
+
+
+def finegrain(n: int = 5_000, train: bool = True, seed: int = 0,
+              num_classes: int = FINEGRAIN_CLASSES, size: int = FINEGRAIN_SIZE,
+              detail: float = 0.5, noise: float = 1.3) -> ImageData:
+    """Generated data whose classes differ in fine detail (the ``laptop`` profile's task).
+
+    Classes come in pairs. The two classes of a pair share a smooth colour template (as in
+    :func:`synthetic_cifar`) and differ only in a fine pattern: a random +-1 grid of 2x2-pixel
+    cells, added with amplitude ``detail``. An image is its class's template plus pattern,
+    randomly shifted (up to 4 pixels) and scaled in contrast, plus pixel noise of sd ``noise``.
+    Colour alone tells the pair (at most half the accuracy); telling the two classes of a pair
+    apart needs the 2-pixel pattern under the noise, which is what coarse quantization of
+    weights and activations loses. ``size`` 16 keeps a ResNet-8 fast on a laptop CPU.
+    Deterministic from ``seed``; train and test share templates and patterns.
+    """
+    if num_classes % 2:
+        raise ValueError(f"finegrain classes come in pairs: num_classes must be even, got "
+                         f"{num_classes}")
+    g = torch.Generator().manual_seed(seed)
+    side = size + 2 * PAD
+    coarse = torch.randn(num_classes // 2, 3, 4, 4, generator=g)
+    colour = torch.nn.functional.interpolate(coarse, size=side, mode="bicubic",
+                                             align_corners=False)
+    cells = torch.randn(num_classes, 1, side // 2, side // 2, generator=g).sign()
+    pattern = torch.nn.functional.interpolate(cells, size=side, mode="nearest")
+    templates = colour.repeat_interleave(2, 0) + detail * pattern
+    gs = torch.Generator().manual_seed(seed * 1_000_003 + (1 if train else 2))
+    labels = torch.randint(num_classes, (n,), generator=gs)
+    dx = torch.randint(2 * PAD + 1, (n,), generator=gs)
+    dy = torch.randint(2 * PAD + 1, (n,), generator=gs)
+    contrast = 0.6 + 0.8 * torch.rand(n, 1, 1, 1, generator=gs)
+    rows = dy[:, None] + torch.arange(size)
+    cols = dx[:, None] + torch.arange(size)
+    crops = templates[labels[:, None, None], :, rows[:, :, None], cols[:, None, :]]
+    crops = crops.permute(0, 3, 1, 2)
+    x = 128 + 40 * (contrast * crops + noise * torch.randn(n, 3, size, size, generator=gs))
+    images = x.round().clamp(0, 255).to(torch.uint8)
+    # pixels are 128 + 40 * (about 1.5 sd): normalise to zero mean and about unit variance
+    return ImageData(images, labels, "finegrain", num_classes, mean=(0.5,) * 3, std=(0.25,) * 3)
+
+
+GENERATED = ("synthetic", "finegrain")  # the offline data sets (not CIFAR-100)
+
+
 def load_dataset(
     name: str, train: bool, root: str | Path = "data", seed: int = 0,
     synthetic_size: tuple[int, int] = (50_000, 10_000), download: bool = True,
     verify_checksums: bool = True,
 ) -> ImageData:
-    """``name`` is "cifar100" or "synthetic" (sizes from ``synthetic_size``: train, test).
+    """``name`` is "cifar100", "synthetic" or "finegrain" (generated; sizes from
+    ``synthetic_size``: train, test).
 
     ``verify_checksums``: CIFAR-100 files must have the official MD5s (see :func:`cifar100`).
     """
@@ -293,7 +341,9 @@ def load_dataset(
         return cifar100(root, train, download, verify_checksums)
     if name == "synthetic":
         return synthetic_cifar(synthetic_size[0 if train else 1], train, seed)
-    raise ValueError(f"unknown dataset {name!r}; use 'cifar100' or 'synthetic'")
+    if name == "finegrain":
+        return finegrain(synthetic_size[0 if train else 1], train, seed)
+    raise ValueError(f"unknown dataset {name!r}; use 'cifar100', 'synthetic' or 'finegrain'")
 
 
 # --- augmentation -------------------------------------------------------------------------

@@ -3,21 +3,32 @@
 Figures are sized for a notebook column (at most 10 inches wide, fonts of 9-11 pt), and every
 function takes a ``title`` so that a notebook can say what was actually run (model, data set,
 recipe, warm-up length) instead of the paper's setting.
+
+The figures are built as plain ``matplotlib.figure.Figure`` objects, outside pyplot: drawing one
+never picks or switches a backend, opens a window or registers a figure that a backend would show
+again later, so matplotlib's state is left as it was found. ``show`` displays a figure once, as a
+PNG, in whatever kernel runs the notebook (JupyterLab, VS Code, papermill with any MPLBACKEND).
 """
 
 from __future__ import annotations
 
 import functools
+import io
 import itertools
 import textwrap
+from pathlib import Path
 
-import matplotlib.pyplot as plt
+import matplotlib as mpl
 import numpy as np
 import pandas as pd
 import torch
+from matplotlib.figure import Figure
 
 from . import functional as QF
 from .mse import distortion, optimal_step
+
+# The resolution of every saved and displayed figure.
+DPI = 120
 
 # Legible at notebook width: a figure is shown about 10 inches wide at 100 dpi.
 LEGIBLE = {"font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10, "legend.fontsize": 9,
@@ -31,10 +42,50 @@ def _legible(make):
 
     @functools.wraps(make)
     def wrapper(*args, **kwargs):
-        with plt.rc_context(LEGIBLE):
+        with mpl.rc_context(LEGIBLE):
             return make(*args, **kwargs)
 
     return wrapper
+
+
+def subplots(nrows: int = 1, ncols: int = 1, figsize=None, layout=None, **kwargs):
+    """``plt.subplots`` without pyplot: a new Figure that no backend knows about (so nothing
+    shows it a second time, and no backend is chosen as a side effect)."""
+    fig = Figure(figsize=figsize, layout=layout)
+    return fig, fig.subplots(nrows, ncols, **kwargs)
+
+
+def in_notebook() -> bool:
+    """True inside a Jupyter kernel (JupyterLab, VS Code, papermill), where a display shows."""
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - IPython comes with ipykernel, a dependency
+        return False
+    shell = get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+def png_bytes(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def show(fig, path: str | Path | None = None) -> None:
+    """Display ``fig`` once in the running notebook, as the PNG saved at ``path`` (or rendered
+    now), whatever the matplotlib backend, then forget it: a figure that pyplot made is closed,
+    so that the inline backend does not show it a second time at the end of the cell. Outside a
+    notebook nothing is displayed."""
+    if in_notebook():
+        from IPython.display import Image, display
+
+        data = Path(path).read_bytes() if path is not None else png_bytes(fig)
+        meta = {"uniq_figure": Path(path).name} if path is not None else {}
+        display(Image(data=data, format="png", metadata=meta))
+    if getattr(fig.canvas, "manager", None) is not None:  # made by pyplot (e.g. pandas .plot)
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
 
 
 def describe_run(config) -> str:
@@ -70,7 +121,7 @@ def transfer_curves(bits: int = 2, step: float = 1.0, span: float = 3.0, title: 
         "DoReFa-style (Eq. 2)": dorefa_weight(x, bits),
         "UniQ symmetric (Eq. 3)": QF.symmetric_quantize(x, s, bits),
     }
-    fig, axes = plt.subplots(1, 3, figsize=(10, 3.6), sharey=True)
+    fig, axes = subplots(1, 3, figsize=(10, 3.6), sharey=True)
     for ax, (name, y) in zip(axes, curves.items(), strict=True):
         ax.plot(x, x, color="0.8", lw=1, label="identity")
         ax.plot(x, y, lw=2)
@@ -91,7 +142,7 @@ def binary_and_activation_curves(step: float = 1.0, title: str | None = None):
     """The binary case of Eq. 3 (+-D/2) and the activation quantizer Eq. 5 at 1 and 2 bits."""
     x = torch.linspace(-3, 4, 2001)
     s = torch.tensor(step)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, axes = subplots(1, 2, figsize=(10, 3.6))
     axes[0].plot(x, QF.symmetric_quantize(x, s, 1), label="Eq. 3, N=2 (binary)")
     axes[0].plot(x, torch.sign(x) * step / 2, "--", label="sign(x) * D/2")
     axes[0].set_title("binary = symmetric quantizer with N = 2")
@@ -117,7 +168,7 @@ def step_gradient_curve(bits: int = 2, step: float = 1.0, title: str | None = No
     for xi in x:
         (g,) = torch.autograd.grad(QF.symmetric_quantize(xi.view(1), s, bits).sum(), s)
         grads.append(float(g))
-    fig, ax = plt.subplots(figsize=(7, 3.4))
+    fig, ax = subplots(figsize=(7, 3.4))
     ax.plot(x, grads)
     ax.axhline((2**bits - 1) / 2, ls=":", color="C1", label="+-(N-1)/2 outside the range")
     ax.axhline(-(2**bits - 1) / 2, ls=":", color="C1")
@@ -132,7 +183,7 @@ def step_gradient_curve(bits: int = 2, step: float = 1.0, title: str | None = No
 @_legible
 def distortion_curves(bits_list=(1, 2, 3, 4), title: str | None = None):
     """D(step) for a unit Gaussian (weights) and half-normal (activations), optima marked."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, axes = subplots(1, 2, figsize=(10, 3.8))
     steps = np.linspace(0.05, 2.5, 300)
     for ax, kind in zip(axes, ("weight", "activation"), strict=True):
         for b in bits_list:
@@ -154,7 +205,7 @@ def distortion_curves(bits_list=(1, 2, 3, 4), title: str | None = None):
 @_legible
 def weight_histograms(models: dict, layers: list[str], bins: int = 120, title: str | None = None):
     """Figure 3: trained weights of a few layers, one colour per method, levels dashed."""
-    fig, axes = plt.subplots(1, len(layers), figsize=(5 * len(layers), 3.8), squeeze=False)
+    fig, axes = subplots(1, len(layers), figsize=(5 * len(layers), 3.8), squeeze=False)
     colours = {"LSQ": "tab:green", "UniQ": "tab:red"}
     for ax, layer in zip(axes[0], layers, strict=True):
         for label, model in models.items():
@@ -185,7 +236,7 @@ def dynamics_figure(panels: list[tuple[str, pd.DataFrame, float]], layer: str,
     warm-up; each column's heading says by how much the step moved over the plotted span, so a
     change too small to see is still stated."""
     columns = len(panels)
-    fig, axes = plt.subplots(3, columns, figsize=(min(2.6 * columns + 0.6, 10.5), 8.4),
+    fig, axes = subplots(3, columns, figsize=(min(2.6 * columns + 0.6, 10.5), 8.4),
                              squeeze=False, sharex=True)
     handles = {}
     for col, (panel_title, df, warmup) in enumerate(panels):
@@ -228,8 +279,8 @@ def summary_chart(paper: pd.DataFrame, reproduced: pd.DataFrame | None = None,
     reproduced UniQ points."""
     d = paper[(paper.table.isin([2, 3])) & (paper.model == "resnet18")
               & (paper.method != "fp")]
-    fig, ax = plt.subplots(figsize=(8, 4.8))
-    others = itertools.cycle(plt.get_cmap("tab20").colors)  # a distinct colour per method
+    fig, ax = subplots(figsize=(8, 4.8))
+    others = itertools.cycle(mpl.colormaps["tab20"].colors)  # a distinct colour per method
     for method, g in d.groupby("method"):
         g = g.drop_duplicates("weight_bits").sort_values("weight_bits")
         style = dict(lw=2.5, marker="o", color="tab:red") if method == "UniQ" else dict(
@@ -253,7 +304,7 @@ def summary_chart(paper: pd.DataFrame, reproduced: pd.DataFrame | None = None,
 @_legible
 def training_curves(metrics: pd.DataFrame, title: str = ""):
     """Loss and top-1 per epoch of one run (its metrics.csv)."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, axes = subplots(1, 2, figsize=(10, 3.6))
     axes[0].plot(metrics.epoch + 1, metrics.train_loss, label="train")
     axes[0].plot(metrics.epoch + 1, metrics.eval_loss, label="test")
     axes[0].set_ylabel("cross-entropy")
@@ -264,5 +315,28 @@ def training_curves(metrics: pd.DataFrame, title: str = ""):
         ax.set_xlabel("epoch")
         ax.legend()
     fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+@_legible
+def data_samples(data, classes: int = 6, per_class: int = 5, title: str | None = None):
+    """A few images of the first ``classes`` classes, one row per class (as the data set stores
+    them: uint8, before augmentation). For the laptop profile's data, rows 2k and 2k+1 are the
+    two classes of a pair: same colours, different fine pattern."""
+    fig, axes = subplots(classes, per_class, figsize=(1.3 * per_class + 1.2, 1.3 * classes),
+                         squeeze=False)
+    for row in range(classes):
+        picks = (data.labels == row).nonzero().flatten()[:per_class]
+        for col in range(per_class):
+            ax = axes[row][col]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col < len(picks):
+                ax.imshow(data.images[picks[col]].permute(1, 2, 0).numpy(),
+                          interpolation="nearest")
+        axes[row][0].set_ylabel(f"class {row}", fontsize=9)
+    fig.suptitle(title or f"{data.name}: {per_class} images of each of the first {classes} "
+                 "classes")
     fig.tight_layout()
     return fig

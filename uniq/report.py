@@ -1,6 +1,7 @@
 """The results report: ``results/<profile>/index.html``, to browse without Jupyter.
 
-``build_report(results_dir)`` writes one page with every table of the results folder (the
+``build_report(results_dir)`` writes one page that opens with a reproducibility summary (scope,
+method, results, what was easy, what was hard) and holds every table of the results folder (the
 reproduced numbers beside the paper's), every figure, the profile's caveat and the provenance,
 and renders each executed notebook into ``html/NN_name.html``. Everything is a file next to the
 page, linked relatively: it opens from the file system, with no server and no internet (no
@@ -28,6 +29,7 @@ import pandas as pd
 
 from .experiments import Profile
 from .paths import REPO
+from .repro_summary import FIDELITY, summary_html, summary_markdown
 
 NOTEBOOKS_DIR = REPO / "notebooks"
 
@@ -36,7 +38,7 @@ NOTEBOOKS_DIR = REPO / "notebooks"
 SECTIONS = (
     ("01", "Quantizers", ("quantizers_",)),
     ("02", "MSE-optimal step initialisation (Table 1)", ("table1", "mse_")),
-    ("03", "The full-precision starting point", ("fp_",)),
+    ("03", "The full-precision starting point", ("fp_", "data_")),
     ("04", "LSQ vs UniQ (Table 4, Figure 3)", ("table4", "figure3")),
     ("05", "Step-size initialisation (Table 5)", ("table5",)),
     ("06", "1-bit schedules and training dynamics (Table 6, Figure 4)", ("table6", "figure4")),
@@ -51,6 +53,7 @@ FIGURE_CAPTIONS = {
     "quantizers_step_gradient": "The gradient of Eq. 3 with respect to the step (Eq. 6).",
     "mse_distortion_curves": "Quantization MSE against the step for a unit Gaussian "
                              "(weights) and a rectified Gaussian (activations); dots: optima.",
+    "data_samples": "Test images of the first classes, as stored (before augmentation).",
     "fp_training": "Loss and top-1 of the full-precision run every quantized run starts from.",
     "figure3": "Figure 3: trained 2-bit weights of two layers, LSQ vs UniQ, with each "
                "method's reconstruction levels.",
@@ -264,10 +267,12 @@ def _provenance_html(p: dict) -> str:
             f"</summary><pre>{full}</pre></details>")
 
 
-def build_report(results_dir: str | Path, notebook_dir: str | Path = NOTEBOOKS_DIR) -> Path:
+def build_report(results_dir: str | Path, notebook_dir: str | Path = NOTEBOOKS_DIR,
+                 fidelity: str | Path = FIDELITY) -> Path:
     """Write ``index.html`` (and ``html/NN_name.html`` per executed notebook) into the results
-    folder; returns the index page. Reads only what is in the folder, so it also works on a
-    folder copied from another machine."""
+    folder; returns the index page. It opens with the reproducibility summary
+    (``uniq.repro_summary``). Reads only what is in the folder and the fidelity page, so it also
+    works on a folder copied from another machine."""
     out = Path(results_dir)
     if not out.is_dir():
         raise FileNotFoundError(f"no results folder {out}; run `python -m uniq reproduce` first")
@@ -303,10 +308,15 @@ def build_report(results_dir: str | Path, notebook_dir: str | Path = NOTEBOOKS_D
     if caveat:
         parts.append(f'<p class="caveat{" comparable" if comparable else ""}">'
                      f"{html.escape(caveat)}</p>")
+    # first, the reproducibility summary (also as Markdown, to quote elsewhere)
+    (out / "reproducibility_summary.md").write_text(summary_markdown(out, fidelity))
+    parts.append(summary_html(out, fidelity).replace(
+        "</h2>", ' <a class="note" href="reproducibility_summary.md">(md)</a></h2>', 1))
     parts.append('<p class="note">Every table shows the reproduced numbers with the paper\'s '
                  "beside them (shaded columns) and the difference; each heading links to the "
                  "CSV. The notebooks explain how to read each table and figure.</p>")
-    nav = ['<nav><h2 id="contents">Contents</h2><ul>']
+    nav = ['<nav><h2 id="contents">Contents</h2><ul>'
+           '<li><a href="#reproducibility-summary">Reproducibility summary</a></li>']
     for number, title, _ in SECTIONS:
         if by_section.get(number):
             nav.append(f'<li><a href="#nb{number}">{number}. {html.escape(title)}</a></li>')
@@ -381,15 +391,17 @@ def _figure_block(path: Path) -> str:
 
 def describe_setting(profile: Profile) -> str:
     """What a profile trains, in words: model, data set and schedule."""
-    data = (f"generated data ({profile.synthetic_train:,} training images)"
-            if profile.dataset == "synthetic" else "CIFAR-100")
+    data = {"synthetic": f"generated data ({profile.synthetic_train:,} training images)",
+            "finegrain": f"generated fine-detail data ({profile.synthetic_train:,} training "
+                         "images of 16x16 pixels, 20 classes)"}.get(profile.dataset, "CIFAR-100")
     return (f"a ResNet-{profile.depth} on {data}, {profile.fp_epochs} full-precision epochs and "
             f"{profile.epochs} epoch{'s' if profile.epochs != 1 else ''} per quantized run")
 
 
 def model_and_data(profile: Profile) -> str:
     """Short form for titles: ``ResNet-32 on CIFAR-100`` or ``ResNet-8 on generated data``."""
-    data = "generated data" if profile.dataset == "synthetic" else "CIFAR-100"
+    data = {"synthetic": "generated data", "finegrain": "generated fine-detail data"}.get(
+        profile.dataset, "CIFAR-100")
     return f"ResNet-{profile.depth} on {data}"
 
 
@@ -400,11 +412,44 @@ def how_to_compare(profile: Profile) -> str:
                 "not what the paper measured. Compare directions and shapes, not the numbers, "
                 "and expect even the directions to be noisy: a run this short changes the "
                 "network little.")
+    if profile.dataset == "finegrain":
+        return (f"This run is {describe_setting(profile)}: a task small enough for a laptop "
+                "and hard enough that bit width matters, not CIFAR-100. Compare directions "
+                "(which rows are ahead, and whether the interval excludes zero) with the "
+                "paper's, not the values.")
     if not profile.comparable:
         return (f"This run is {describe_setting(profile)} instead of 350: expect every number "
                 "below the paper's, and compare the ordering of the rows with the paper's.")
     return (f"This run is {describe_setting(profile)}: the paper's setting. Differences of a "
             "few tenths of a point are run-to-run noise (the paper reports one run each).")
+
+
+def about_the_data(profile: Profile) -> str:
+    """Markdown for notebook 3: what this profile's data are and why."""
+    if profile.dataset == "finegrain":
+        return (
+            "**The data (laptop profile).** No real image set small enough for a laptop ships "
+            "offline with this project's dependencies, so the images are generated "
+            "(`uniq.data.finegrain`, the same for every seed): 20 classes in 10 pairs, "
+            f"{profile.synthetic_train:,} training and {profile.synthetic_test:,} test images "
+            "of 16x16 pixels. The two classes of a pair share a smooth colour template and "
+            "differ only in a fine pattern of 2x2-pixel cells, under strong pixel noise, "
+            "random shifts and contrast. Colour tells the pair; only the fine pattern tells "
+            "the class, and fine detail is what coarse quantization loses, so the bit width "
+            "shows in the accuracy.\n\n"
+            "**How the profile was chosen.** Its size (images, epochs, seeds) was tuned on three "
+            "things only: full-precision top-1 between 60% and 90% (neither saturated nor "
+            "chance), the seed-to-seed standard deviation of top-1 (pooled over Table 4's "
+            "cells; notebook 4 prints it), and how far training moves the 2-bit weights from "
+            "their full-precision start (notebook 4). It was fixed before any claim's verdict "
+            "was looked at, so that it can show an effect, never to make a claim hold.")
+    if profile.dataset == "synthetic":
+        return ("**The data (smoke profile).** Generated stand-ins for CIFAR-100 "
+                f"(`uniq.data.synthetic_cifar`): {profile.synthetic_train:,} training images of "
+                "100 smooth colour templates under noise. The profile exists to run every step "
+                "in minutes; its numbers show that the pipeline works, not the paper's effects.")
+    return ("**The data.** CIFAR-100: 50,000 training and 10,000 test images of 32x32 pixels "
+            "in 100 classes, read from `data/` (checked against the official checksums).")
 
 
 COLUMN_MEANINGS = {

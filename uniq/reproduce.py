@@ -9,6 +9,7 @@ exit code is non-zero if any notebook failed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -170,6 +171,26 @@ def _report_failure(f: dict, nb: Path, executed: Path) -> None:
           file=sys.stderr, flush=True)
 
 
+INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+
+
+@contextlib.contextmanager
+def inline_backend():
+    """Start kernels with the backend JupyterLab gives them, whatever this process's MPLBACKEND
+    (`make` exports Agg, which a kernel would inherit): a figure a notebook draws with plain
+    pyplot then shows in the executed copy too. uniq's own figures show in any backend
+    (``uniq.plots.show``). The variable is restored afterwards."""
+    before = os.environ.get("MPLBACKEND")
+    os.environ["MPLBACKEND"] = INLINE_BACKEND
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("MPLBACKEND", None)
+        else:
+            os.environ["MPLBACKEND"] = before
+
+
 def reproduce(profile: str = "smoke", only: list[int] | None = None, keep_going: bool = False,
               out_dir: str | Path | None = None, parameters: dict | None = None,
               notebooks_dir: str | Path | None = None) -> int:
@@ -193,9 +214,10 @@ def reproduce(profile: str = "smoke", only: list[int] | None = None, keep_going:
         t0 = time.time()
         print(f"[reproduce] {nb.name} ({profile}) ...", flush=True)
         try:
-            papermill.execute_notebook(str(nb), str(out / nb.name), parameters=params,
-                                       kernel_name="python3", cwd=str(nb.parent),
-                                       progress_bar=False, extra_arguments=KERNEL_ARGUMENTS)
+            with inline_backend():
+                papermill.execute_notebook(str(nb), str(out / nb.name), parameters=params,
+                                           kernel_name="python3", cwd=str(nb.parent),
+                                           progress_bar=False, extra_arguments=KERNEL_ARGUMENTS)
         except Exception as err:  # noqa: BLE001 - any failure is reported, then we go on or stop
             failures.append(_failure(nb, out / nb.name, err, since=t0 - 1))
             status[nb.name] = {"ok": False, "seconds": round(time.time() - t0, 1)}
