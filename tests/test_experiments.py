@@ -178,13 +178,14 @@ def test_skewness_claims_on_weights_that_did_not_move_are_inconclusive():
     assert "1.5%" in blocked[("t4/uniq/2b", "weight_*:A")][1]
 
 
-def test_the_laptop_profile_resolves_and_is_the_notebooks_cpu_default(tmp_path, monkeypatch):
-    """``PROFILE = "auto"`` (the notebooks' default) is ``laptop`` without a GPU, ``quick``
+def test_the_laptop_profile_resolves_and_auto_picks_by_device(tmp_path, monkeypatch):
+    """``PROFILE = "auto"`` (the notebooks' default) is ``CPU_DEFAULT`` without a GPU, ``quick``
     with one; the laptop profile trains on the generated fine-detail data, its own runs."""
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    ctx = X.context("auto", results_dir=str(tmp_path / "res"), runs_dir=str(tmp_path))
+    assert X.get_profile("auto").name == X.CPU_DEFAULT
+    ctx = X.context("laptop", results_dir=str(tmp_path / "res"), runs_dir=str(tmp_path))
     assert ctx.profile.name == "laptop" and ctx.seeds == (0, 1, 2)
     fp = X.fp_config(ctx)
     assert fp.dataset == "finegrain" and fp.resolved().dataset == "finegrain"

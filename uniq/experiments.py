@@ -121,12 +121,17 @@ PROFILES = {
 }
 
 
+# The CPU default stays ``smoke`` while the ``laptop`` profile is provisional (its seed spread,
+# Figure 4's shapes and its running time do not yet meet what it is for; README).
+CPU_DEFAULT = "smoke"
+
+
 def default_profile() -> str:
-    """The notebooks' ``PROFILE = "auto"``: ``laptop`` without a GPU, ``quick`` with one.
+    """The notebooks' ``PROFILE = "auto"``: ``CPU_DEFAULT`` without a GPU, ``quick`` with one.
     ``reproduce`` always names its profile (``make reproduce`` and CI: ``smoke``)."""
     import torch
 
-    return "quick" if torch.cuda.is_available() else "laptop"
+    return "quick" if torch.cuda.is_available() else CPU_DEFAULT
 
 
 def get_profile(name: str) -> Profile:
