@@ -105,4 +105,7 @@ def test_ddp_equivalence_check_with_gloo(tmp_path):
 
     row = ddp_equivalence("cpu", tmp_path, port=29533)
     assert row.status == "pass", (row.value, row.data.get("stderr", "")[-2000:])
-    assert row.data["max_abs_diff"] < 1e-6
+    # "pass" is the doctor's rule, allclose(rtol=1e-5, atol=1e-6) per tensor. The largest absolute
+    # difference depends on the thread count (float64 sums split differently can move an 8-bit
+    # input across a rounding tie, as in tests/test_imagenet.py): bounded, not pinned.
+    assert 0 <= row.data["max_abs_diff"] < 1e-4
