@@ -251,6 +251,22 @@ def _missing_cifar(root: Path, folder: Path, err: Exception | None) -> str:
     )
 
 
+def _shifted_crops(templates: torch.Tensor, n: int, size: int, seed: int, train: bool):
+    """``n`` labelled samples of the class templates (``(classes, 3, size + 2 PAD, ...)``):
+    each a random ``size`` crop (a shift of up to ``2 PAD`` pixels) with a random contrast.
+    Returns labels, crops ``(n, 3, size, size)``, contrasts and the generator, which the caller
+    goes on drawing its noise from (train and test use different streams)."""
+    gs = torch.Generator().manual_seed(seed * 1_000_003 + (1 if train else 2))
+    labels = torch.randint(templates.shape[0], (n,), generator=gs)
+    dx = torch.randint(2 * PAD + 1, (n,), generator=gs)
+    dy = torch.randint(2 * PAD + 1, (n,), generator=gs)
+    contrast = 0.6 + 0.8 * torch.rand(n, 1, 1, 1, generator=gs)
+    rows = dy[:, None] + torch.arange(size)
+    cols = dx[:, None] + torch.arange(size)
+    crops = templates[labels[:, None, None], :, rows[:, :, None], cols[:, None, :]]
+    return labels, crops.permute(0, 3, 1, 2), contrast, gs
+
+
 def synthetic_cifar(
     n: int = 50_000, train: bool = True, seed: int = 0, num_classes: int = 100, size: int = 32
 ) -> ImageData:
@@ -265,15 +281,7 @@ def synthetic_cifar(
     coarse = torch.randn(num_classes, 3, 4, 4, generator=g)
     templates = torch.nn.functional.interpolate(coarse, size=size + 2 * PAD, mode="bicubic",
                                                 align_corners=False)
-    gs = torch.Generator().manual_seed(seed * 1_000_003 + (1 if train else 2))
-    labels = torch.randint(num_classes, (n,), generator=gs)
-    dx = torch.randint(2 * PAD + 1, (n,), generator=gs)
-    dy = torch.randint(2 * PAD + 1, (n,), generator=gs)
-    contrast = 0.6 + 0.8 * torch.rand(n, 1, 1, 1, generator=gs)
-    rows = dy[:, None] + torch.arange(size)
-    cols = dx[:, None] + torch.arange(size)
-    crops = templates[labels[:, None, None], :, rows[:, :, None], cols[:, None, :]]
-    crops = crops.permute(0, 3, 1, 2)  # (n, 3, size, size)
+    labels, crops, contrast, gs = _shifted_crops(templates, n, size, seed, train)
     noise = torch.randn(n, 3, size, size, generator=gs)
     x = 128 + 40 * (contrast * crops + 0.8 * noise)
     images = x.round().clamp(0, 255).to(torch.uint8)
@@ -309,15 +317,7 @@ def finegrain(n: int = 5_000, train: bool = True, seed: int = 0,
     cells = torch.randn(num_classes, 1, side // 2, side // 2, generator=g).sign()
     pattern = torch.nn.functional.interpolate(cells, size=side, mode="nearest")
     templates = colour.repeat_interleave(2, 0) + detail * pattern
-    gs = torch.Generator().manual_seed(seed * 1_000_003 + (1 if train else 2))
-    labels = torch.randint(num_classes, (n,), generator=gs)
-    dx = torch.randint(2 * PAD + 1, (n,), generator=gs)
-    dy = torch.randint(2 * PAD + 1, (n,), generator=gs)
-    contrast = 0.6 + 0.8 * torch.rand(n, 1, 1, 1, generator=gs)
-    rows = dy[:, None] + torch.arange(size)
-    cols = dx[:, None] + torch.arange(size)
-    crops = templates[labels[:, None, None], :, rows[:, :, None], cols[:, None, :]]
-    crops = crops.permute(0, 3, 1, 2)
+    labels, crops, contrast, gs = _shifted_crops(templates, n, size, seed, train)
     x = 128 + 40 * (contrast * crops + noise * torch.randn(n, 3, size, size, generator=gs))
     images = x.round().clamp(0, 255).to(torch.uint8)
     # pixels are 128 + 40 * (about 1.5 sd): normalise to zero mean and about unit variance
