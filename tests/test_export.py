@@ -582,3 +582,24 @@ def test_latency_table_times_the_float32_and_integer_graphs_of_one_network(tmp_p
     assert (table.integer_speedup == table.float32_ms / table.integer_ms).all()
     assert (table[["float32_ms", "integer_ms"]] > 0).all().all()
     assert "logical CPUs" in L.cpu_name()
+
+
+@pytest.mark.parametrize("config, size", [({"dataset": "cifar100"}, 32),
+                                          ({"dataset": "synthetic"}, 32),
+                                          ({"dataset": "finegrain"}, 16),
+                                          ({"arch": "resnet18", "image_size": 224}, 224)])
+def test_a_run_is_exported_at_the_image_size_it_was_trained_at(tmp_path, config, size):
+    from uniq.export import run_input_size
+
+    (tmp_path / "config.json").write_text(json.dumps({"config": config}))
+    assert run_input_size(tmp_path) == size
+
+
+@pytest.mark.parametrize("dataset", ["synthetic", "finegrain"])
+def test_the_export_size_of_generated_data_is_the_datas_own(tmp_path, dataset):
+    from uniq.data import finegrain, synthetic_cifar
+    from uniq.export import run_input_size
+
+    (tmp_path / "config.json").write_text(json.dumps({"config": {"dataset": dataset}}))
+    make = {"synthetic": synthetic_cifar, "finegrain": finegrain}[dataset]
+    assert run_input_size(tmp_path) == make(2).images.shape[-1]

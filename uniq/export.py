@@ -808,9 +808,14 @@ def load_run_model(run_dir: str | Path) -> nn.Module:
 
 
 def run_input_size(run_dir: str | Path) -> int:
-    """The image size a run was trained at (ImageNet: its ``image_size``; CIFAR: 32)."""
+    """The image size a run was trained at (ImageNet: its ``image_size``; CIFAR-100 and the
+    ``synthetic`` stand-in: 32; the laptop profile's ``finegrain``: 16)."""
+    from .data import FINEGRAIN_SIZE
+
     cfg = json.loads((Path(run_dir) / "config.json").read_text())["config"]
-    return int(cfg.get("image_size", 32))
+    if "image_size" in cfg:
+        return int(cfg["image_size"])
+    return FINEGRAIN_SIZE if cfg.get("dataset") == "finegrain" else 32
 
 
 def load_run_batch(run_dir: str | Path, n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
