@@ -45,8 +45,9 @@ test-all: venv      ## every test: the end-to-end tier (marked slow) too
 ci:                 ## what CI runs: lint, reproduce, test, test-all in a fresh clone, env -i
 	bash .ci/run
 
-lint: venv
+lint: venv          ## ruff, and the package's floors (import-linter, pyproject.toml)
 	$(VENV_PYTHON) -m ruff check .
+	$(VENV)/bin/lint-imports --no-cache
 
 benchmark: venv
 	$(VENV_PYTHON) benchmarks/train_step.py

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from uniq import export as X
-from uniq import latency as L
+from uniq.export import latency as L
 
 
 def checked(model, path, size: int) -> bool:

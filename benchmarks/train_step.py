@@ -5,7 +5,7 @@
     python benchmarks/train_step.py --device cuda --modes eager,default,reduce-overhead \\
         --precisions fp32,bf16 --out benchmarks/results/<gpu>/train_step.json
 
-Each measurement builds the real engine objects (``uniq.engine.prepare``: device-resident
+Each measurement builds the real engine objects (``uniq.train.prepare``: device-resident
 loader with on-device crop/flip, the model, calibration, fused optimizer and channels_last on
 CUDA) and runs the step as training does (``value_checks(False)``). The full-precision and the
 quantized step are timed alternately, one step each, after warm-up steps (compilation happens
@@ -134,7 +134,7 @@ def main() -> None:
     print(" ".join(f"{k}={v}" for k, v in env.items() if v != ""))
     print(f"{'mode':<16}{'precision':>10}{'fp ms/step':>12}{'uniq ms/step':>14}{'uniq/fp':>9}")
     rows, profile = [], {}
-    with QF.value_checks(False):  # as uniq.engine.fit trains
+    with QF.value_checks(False):  # as uniq.train.fit trains
         for mode in a.modes.split(","):
             for precision in a.precisions.split(","):
                 warmup = a.warmup or (3 if mode == "eager" else 30)

@@ -13,6 +13,7 @@ import pytest
 from scipy import stats
 
 from uniq import claims as C
+from uniq.figures import plot_claims
 
 HEADER = "id,source,statement,metric,a,b,direction,margin,paper_effect,comparable_profiles"
 
@@ -369,7 +370,7 @@ def test_plot_claims_without_warnings(tmp_path):
     table = C.evaluate_claims(m, claims, missing=missing, profile="smoke")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        fig = C.plot_claims(table)
+        fig = plot_claims(table)
         fig.savefig(tmp_path / "claims.png", dpi=60)
     assert len(fig.axes) == 3  # top-1 points, skewness, dB
     plt.close(fig)

@@ -191,8 +191,8 @@ def test_torchvision_resnet_binary_policy():
 
 
 def test_bfloat16_autocast_training_step_on_cpu():
-    from uniq.engine import train_step
     from uniq.models import preact_resnet
+    from uniq.train import train_step
 
     torch.manual_seed(0)
     q = uniq.calibrate(uniq.quantize_model(preact_resnet(8), 2), [torch.randn(8, 3, 32, 32)], 1)

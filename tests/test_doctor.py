@@ -34,7 +34,7 @@ def test_versions_devices_and_tf32_on_the_cpu(tmp_path, capsys):
     rows = _check_structure(printed, report)
     assert code == 0 and report["summary"]["fail"] == 0
     assert rows[("versions", "python, torch")]["data"]["torch"] == torch.__version__
-    # what uniq.engine.set_precision is documented to do, and the switches are restored after
+    # what uniq.train.set_precision is documented to do, and the switches are restored after
     tf32 = {name.split()[-1]: r["data"] for (g, name), r in rows.items() if g == "tf32"}
     assert set(tf32) == {"fp32", "tf32", "bf16", "fp64"}
     assert tf32["tf32"]["cudnn_allow_tf32"] and tf32["tf32"]["matmul_allow_tf32"]
@@ -76,7 +76,7 @@ def test_quick_doctor_runs_every_group_on_the_cpu(tmp_path, capsys):
 def test_memory_cases_build_and_take_a_step_on_the_cpu():
     """The models the GPU memory check builds: here one step at a tiny batch and size."""
     from uniq.doctor import memory_cases
-    from uniq.engine import train_step
+    from uniq.train import train_step
 
     torch.manual_seed(0)
     for name, build, batch, size, classes in memory_cases("paper"):

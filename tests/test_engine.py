@@ -14,9 +14,10 @@ import pytest
 import torch
 from conftest import TINY, cli_args, env, tiny
 
-import uniq.engine as E
-from uniq.cifar import CifarConfig
+import uniq.train as E
+from uniq.config import CifarConfig
 from uniq.recipes import RECIPES, get_recipe, lr_at
+from uniq.tasks import cifar_splits
 
 
 def test_synthetic_run_learns_far_above_chance(tmp_path):
@@ -73,7 +74,7 @@ def _train_cmd(runs, epochs):
 
 STOP_AFTER_CHECKPOINT = """
 import os, runpy, signal, sys
-import uniq.engine as engine
+import uniq.train as engine
 save = engine.save_atomic
 def save_then_stop(obj, path):
     save(obj, path)
@@ -189,7 +190,7 @@ def test_recipes_cover_table6_and_steps_have_no_weight_decay():
             "adam-warmup10"} <= set(RECIPES)
     import uniq
     from uniq.models import preact_resnet
-    from uniq.recipes import build_optimizer
+    from uniq.train import build_optimizer
 
     q = uniq.quantize_model(preact_resnet(8), 2, init=0.1)
     opt = build_optimizer(q, get_recipe("sgd"))
@@ -379,7 +380,7 @@ def test_cli_prints_the_resolved_config_and_its_state(tmp_path):
 def test_every_seed_trains_on_the_same_data(tmp_path):
     """The seed varies order and augmentation, not the data: a quantized run of seed 1 starts
     from the full-precision run of seed 0 and must see the data that run was trained on."""
-    a_train, a_test = tiny(tmp_path, seed=0, data_fraction=0.5).load()
-    b_train, b_test = tiny(tmp_path, seed=1, data_fraction=0.5).load()
+    a_train, a_test = cifar_splits(tiny(tmp_path, seed=0, data_fraction=0.5))
+    b_train, b_test = cifar_splits(tiny(tmp_path, seed=1, data_fraction=0.5))
     assert torch.equal(a_train.images, b_train.images) and torch.equal(a_test.labels,
                                                                         b_test.labels)

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from conftest import env
 
-import uniq.experiments as X
+import uniq.study as X
 from uniq.__main__ import build_parser, config_from_args
 
 
@@ -108,8 +108,7 @@ def test_tables_summarise_seeds_with_intervals():
 def _fake_imagenet_run(runs_dir, top1, **kw):
     import json
 
-    from uniq.engine import KEY_SCHEME
-    from uniq.imagenet import ImageNetConfig
+    from uniq.config import KEY_SCHEME, ImageNetConfig
 
     cfg = ImageNetConfig(runs_dir=str(runs_dir), **kw)
     d = cfg.run_dir()
@@ -198,11 +197,11 @@ def test_the_laptop_profile_resolves_and_auto_picks_by_device(tmp_path, monkeypa
 
 def test_one_short_run_on_the_laptop_data(tmp_path, tiny_config):
     """The laptop profile's data and model through the engine: 20 classes of 16x16 images."""
-    from uniq.engine import fit
+    from uniq.train import fit
 
     laptop = X.get_profile("laptop")
     cfg = tiny_config(tmp_path, dataset=laptop.dataset, depth=laptop.depth, epochs=1,
                       synthetic_train=256, synthetic_test=100, batch_size=64)
     r = fit(cfg, quiet=True)
-    assert r.result["dataset"] == "finegrain" and r.summary["num_classes"] == 20
+    assert r.result["dataset"] == "finegrain" and r.result["num_classes"] == 20
     assert r.result["eval_size"] == 100 and 0 <= r.result["top1_final"] <= 100

@@ -12,11 +12,12 @@ import torch.nn.functional as F
 from torch import nn
 
 import uniq
-import uniq.integer as I
-from uniq import export as E
+import uniq.export.integer as I
+from uniq.export import graph as E
 from uniq.functional import lsq_range
 from uniq.models import IMAGENET_MODELS, imagenet_model, preact_resnet
 from uniq.modules import QConv2d, QLinear, Quantizer
+from uniq.tasks import make_model
 
 needs_onnx = pytest.mark.skipif(
     importlib.util.find_spec("onnx") is None or importlib.util.find_spec("onnxruntime") is None,
@@ -435,12 +436,12 @@ def test_integer_graph_rejects_an_unknown_nine_bit_choice(tmp_path):
 
 def imagenet_run_dir(tmp_path, arch, bits):
     """A finished ImageNet run directory as the engine writes it (config.json, model.pt)."""
-    from uniq.imagenet import ImageNetConfig
+    from uniq.config import ImageNetConfig
 
     cfg = ImageNetConfig(arch=arch, bits=bits, pretrained="none", image_size=32, init="lsq",
                          runs_dir=str(tmp_path / "runs")).resolved()
     torch.manual_seed(0)
-    model = cfg.make_model(10, torch.randn(2, 3, 32, 32), pretrained=False)
+    model = make_model(cfg, 10)
     for m in model.modules():  # non-trivial BatchNorm statistics
         if isinstance(m, nn.BatchNorm2d):
             m.running_mean.normal_(0, 0.1)
@@ -478,7 +479,7 @@ def test_imagenet_run_loads_exports_and_onnxruntime_agrees(arch, tmp_path):
 @pytest.mark.parametrize("bits", [1, 2, 3, 4, 8])
 @pytest.mark.parametrize("arch", IMAGENET_MODELS)
 def test_every_imagenet_model_at_every_bit_width(arch, bits, tmp_path):
-    from uniq.imagenet import adaptive_pooling
+    from uniq.models import adaptive_pooling
 
     torch.manual_seed(0)
     model = adaptive_pooling(imagenet_model(arch))
@@ -528,11 +529,11 @@ def test_missing_packages_name_the_extra(monkeypatch):
 
 def cifar_run_dir(tmp_path, bits=2):
     """A finished CIFAR run directory as the engine writes it, without the training."""
-    from uniq.cifar import CifarConfig
+    from uniq.config import CifarConfig
 
     cfg = CifarConfig(dataset="synthetic", depth=8, bits=bits, epochs=1,
                       runs_dir=str(tmp_path / "runs")).resolved()
-    model = cfg.make_model(10, cfg.example_input())
+    model = make_model(cfg, 10)
     uniq.calibrate(model, [torch.randn(8, 3, 32, 32)], 1)
     return write_run(cfg, model)
 @needs_onnx
@@ -565,7 +566,7 @@ def test_latency_table_times_the_float32_and_integer_graphs_of_one_network(tmp_p
     """The float32 file is the float model (PyTorch's logits to float tolerance); the table has
     one row per batch and thread count, and the speedup is the ratio of its two columns. No
     timing is asserted: speed depends on the machine."""
-    from uniq import latency as L
+    from uniq.export import latency as L
 
     fp = trained_like()
     x = torch.randn(2, 3, 32, 32)
@@ -589,7 +590,7 @@ def test_latency_table_times_the_float32_and_integer_graphs_of_one_network(tmp_p
                                           ({"dataset": "finegrain"}, 16),
                                           ({"arch": "resnet18", "image_size": 224}, 224)])
 def test_a_run_is_exported_at_the_image_size_it_was_trained_at(tmp_path, config, size):
-    from uniq.export import run_input_size
+    from uniq.export.graph import run_input_size
 
     (tmp_path / "config.json").write_text(json.dumps({"config": config}))
     assert run_input_size(tmp_path) == size
@@ -598,7 +599,7 @@ def test_a_run_is_exported_at_the_image_size_it_was_trained_at(tmp_path, config,
 @pytest.mark.parametrize("dataset", ["synthetic", "finegrain"])
 def test_the_export_size_of_generated_data_is_the_datas_own(tmp_path, dataset):
     from uniq.data import finegrain, synthetic_cifar
-    from uniq.export import run_input_size
+    from uniq.export.graph import run_input_size
 
     (tmp_path / "config.json").write_text(json.dumps({"config": {"dataset": dataset}}))
     make = {"synthetic": synthetic_cifar, "finegrain": finegrain}[dataset]

@@ -10,11 +10,13 @@ import pytest
 import torch
 from conftest import cli_args, env
 
-import uniq.engine as E
-import uniq.imagenet as I
+import uniq.runs as RD
+import uniq.tasks as I
+import uniq.train as E
+from uniq.config import ImageNetConfig
 from uniq.models import imagenet_model
 from uniq.modules import quantizers
-from uniq.paper import imagenet_tables
+from uniq.study import imagenet_tables, policy_summary
 
 
 def make_image_folder(root: Path, classes=4, train=8, val=2, size=40):
@@ -27,7 +29,7 @@ def folder(tmp_path_factory):
 
 
 def small(folder, out, **kw):
-    return I.ImageNetConfig(**{
+    return ImageNetConfig(**{
         "arch": "preresnet18", "bits": 2, "data_dir": str(folder), "pretrained": "none",
         "epochs": 1, "batch_size": 8, "calib_batches": 1, "image_size": 32, "augment": False,
         "sync_bn": True, "workers": 0, "runs_dir": str(out), "device": "cpu", "lr": 0.005,
@@ -35,7 +37,7 @@ def small(folder, out, **kw):
 
 
 def test_policy_of_all_three_architectures():
-    p = I.policy_summary((4, 3, 2, 1)).set_index(["arch", "bits"])
+    p = policy_summary((4, 3, 2, 1)).set_index(["arch", "bits"])
     for arch, layers, shortcuts in (("preresnet18", 21, 3), ("preresnet34", 37, 3),
                                     ("mobilenetv2_w1", 54, 0)):
         for bits in (4, 3, 2):
@@ -91,7 +93,7 @@ def test_one_bit_starts_from_the_two_bit_run_and_is_binary(folder, tmp_path):
     assert r.recipe == "adam-warmup5" and r.weight_decay == 0.0
     assert r.init_from["bits"] == 2 and r.init_from["weight_decay"] == 0.25e-4
     one = E.fit(one_cfg, quiet=True)  # trains the 2-bit parent first
-    two = E.Run.load(next(p for p in (tmp_path / "imagenet").iterdir() if "uniq2b" in p.name))
+    two = RD.Run.load(next(p for p in (tmp_path / "imagenet").iterdir() if "uniq2b" in p.name))
     model = one.model()
     name = "features.stage2.unit1.body.conv1.conv"
     layer = model.get_submodule(name)
@@ -107,7 +109,7 @@ def test_one_bit_starts_from_the_two_bit_run_and_is_binary(folder, tmp_path):
 
 
 def test_imagenet_tables_pick_up_finished_runs(tmp_path):
-    from uniq.imagenet import ImageNetConfig
+    from uniq.config import ImageNetConfig
 
     cfg = ImageNetConfig(bits=2, runs_dir=str(tmp_path))
     d = cfg.run_dir()
@@ -155,7 +157,7 @@ def test_two_process_torchrun_takes_the_same_step_as_one_process(one_step_folder
     out = _torchrun(["imagenet", *cli_args(**{k: v for k, v in cfg.to_dict().items()
                                               if k != "init_from"})], 29517)
     assert out.returncode == 0, out.stderr[-3000:]
-    two = E.Run.load(cfg.run_dir())
+    two = RD.Run.load(cfg.run_dir())
     assert two.result["world_size"] == 2 and two.result["ranks_identical"] is True
     assert two.result["steps"] == 1
     one = E.fit(small(one_step_folder, tmp_path / "one", bits=8, precision="fp64"), quiet=True)
@@ -175,9 +177,9 @@ def test_two_process_cifar_matches_one_process(tmp_path):
           "sync_bn": True}
     out = _torchrun(["train", *cli_args(**kw, runs_dir=tmp_path / "two")], 29518)
     assert out.returncode == 0, out.stderr[-3000:]
-    from uniq.cifar import CifarConfig
+    from uniq.config import CifarConfig
 
-    two = E.Run.load(CifarConfig(**kw, runs_dir=str(tmp_path / "two")).run_dir())
+    two = RD.Run.load(CifarConfig(**kw, runs_dir=str(tmp_path / "two")).run_dir())
     assert two.result["world_size"] == 2 and two.result["ranks_identical"]
     E.fit(CifarConfig(**kw, runs_dir=str(tmp_path / "one")), quiet=True)
     for a, b in zip(sorted((tmp_path / "two" / "cifar").iterdir()),

@@ -14,7 +14,8 @@ import pytest
 import torch
 from conftest import TINY, cli_args, env, tiny, uniq_cli
 
-import uniq.engine as E
+import uniq.runs as RD
+import uniq.train as E
 from uniq.rundir import CorruptFile, RunBusy, RunLock
 
 RUN = {**TINY, "bits": 2, "epochs": 2}
@@ -150,7 +151,7 @@ def test_corrupt_run_files_give_the_file_and_the_remedy(finished, tmp_path, dama
     shutil.copytree(finished.dir, copy)
     damage(copy)
     with pytest.raises(CorruptFile, match=match):
-        E.Run.load(copy).state_dict()
+        RD.Run.load(copy).state_dict()
 
 
 @pytest.mark.slow
@@ -201,7 +202,7 @@ def test_cli_bad_input_is_one_clear_line(tmp_path, args, match, capsys):
 
 
 def test_imagenet_config_type_errors_are_clear():
-    from uniq.imagenet import ImageNetConfig
+    from uniq.config import ImageNetConfig
 
     with pytest.raises(ValueError, match="epochs must be an integer"):
         ImageNetConfig(epochs=2.5).resolved()
@@ -292,7 +293,7 @@ def test_a_bad_pretrained_file_is_one_line_and_runs_nothing(tmp_path, capsys, ki
 
 
 def test_a_pretrained_file_counts_by_its_content(tmp_path):
-    from uniq.imagenet import ImageNetConfig
+    from uniq.config import ImageNetConfig
     from uniq.models import imagenet_model
 
     state = imagenet_model("preresnet18").state_dict()

@@ -13,7 +13,8 @@ import nbformat  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from uniq.report import beside_the_paper, build_report, column_guide  # noqa: E402
+from uniq.report import beside_the_paper, build_report  # noqa: E402
+from uniq.study import column_guide  # noqa: E402
 
 
 class Links(HTMLParser):
@@ -171,8 +172,7 @@ def test_a_missing_results_folder_is_a_clear_error(tmp_path):
 
 
 def test_reading_guides_follow_the_profile():
-    from uniq.experiments import PROFILES
-    from uniq.report import describe_setting, how_to_compare, model_and_data
+    from uniq.study import PROFILES, describe_setting, how_to_compare, model_and_data
 
     smoke, quick, paper = PROFILES["smoke"], PROFILES["quick"], PROFILES["paper"]
     assert model_and_data(smoke) == f"ResNet-{smoke.depth} on generated data"
@@ -189,8 +189,8 @@ def test_figures_draw_without_warnings_and_titles_say_what_ran(recwarn):
     import torch
 
     import uniq
-    from uniq import plots
-    from uniq.cifar import CifarConfig
+    from uniq import figures as plots
+    from uniq.config import CifarConfig
     from uniq.models import preact_resnet
 
     torch.manual_seed(0)

@@ -125,7 +125,7 @@ def test_a_pyplot_figure_after_a_uniq_figure_still_shows(tmp_path, monkeypatch):
     monkeypatch.setenv("MPLBACKEND", "Agg")
     nbs = tmp_path / "nbs"
     nbs.mkdir()
-    _notebook(nbs / "01_figures.ipynb", "import uniq.plots as P\n"
+    _notebook(nbs / "01_figures.ipynb", "import uniq.figures as P\n"
               "fig = P.transfer_curves()\nP.show(fig)")
     book = nbformat.read(nbs / "01_figures.ipynb", as_version=4)
     book.cells.append(nbformat.v4.new_code_cell(

@@ -1,7 +1,7 @@
 """Golden run keys: the key (and run directory name) of every run ``python -m uniq runs`` lists,
 for every profile and its seeds, and of representative CLI commands, frozen in
 ``tests/run_keys.json``. A restructure must leave every key where it was; a deliberate change of
-the key scheme bumps ``uniq.engine.KEY_SCHEME`` and rewrites the file once, in one commit:
+the key scheme bumps ``uniq.config.KEY_SCHEME`` and rewrites the file once, in one commit:
 
     UNIQ_REGENERATE_KEYS=1 python -m pytest tests/test_run_keys.py
 """
@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-import uniq.experiments as X
+import uniq.study as X
 from uniq.__main__ import build_parser, config_from_args
+from uniq.tasks import make_model
 
 FROZEN = Path(__file__).with_name("run_keys.json")
 
@@ -83,7 +84,7 @@ def test_every_planned_run_keeps_its_key(tmp_path, profile):
     frozen = _frozen()["profiles"][profile]
     now = _profile_keys(profile, tmp_path)
     assert now == frozen, (
-        f"run keys of profile {profile} moved; if on purpose, bump uniq.engine.KEY_SCHEME and "
+        f"run keys of profile {profile} moved; if on purpose, bump uniq.config.KEY_SCHEME and "
         "run UNIQ_REGENERATE_KEYS=1 python -m pytest tests/test_run_keys.py")
 
 
@@ -99,7 +100,7 @@ def test_the_frozen_file_covers_every_command():
 # --- identity: every field either changes the key or is placement (issue 19) -----------------
 
 # A different valid value for every config field of both tasks: a new field fails the walk
-# below until it is listed here (and then either hashed or in uniq.engine.PLACEMENT).
+# below until it is listed here (and then either hashed or in uniq.config.PLACEMENT).
 ALTERNATIVES = {
     "bits": 3, "method": "lsq", "init": 0.1, "grad_scale": False, "weight_granularity": "channel",
     "signed_inputs": "unsigned", "init_scope": "all", "first_last_bits": 6,
@@ -125,7 +126,7 @@ BASES = {"cifar": dict(bits=2, init=0.2, dataset="synthetic", depth=8, epochs=2,
 def _alternative(cfg, name, tmp_path):
     import dataclasses
 
-    from uniq.engine import FULL_PRECISION
+    from uniq.config import FULL_PRECISION
 
     value = {**ALTERNATIVES, **TASK_ALTERNATIVES.get(cfg.task, {})}[name]
     if name == "overrides":  # the first layer's name, at 4 bits
@@ -145,7 +146,7 @@ def _alternative(cfg, name, tmp_path):
 
 
 def _fp_model(cfg):
-    from uniq.imagenet import ImageNetConfig
+    from uniq.config import ImageNetConfig
 
     if isinstance(cfg, ImageNetConfig):
         from uniq.models import imagenet_model
@@ -161,15 +162,14 @@ def test_every_field_is_hashed_or_placement_and_does_what_it_says(task, tmp_path
     """Changing a hashed field changes the key; changing a placement field keeps it."""
     import dataclasses
 
-    from uniq.engine import ENTERS_VIA, PLACEMENT, TASKS, _task_class
+    from uniq.config import ENTERS_VIA, PLACEMENT, config_class
 
-    _task_class(task)
-    cls = TASKS[task]
+    cls = config_class(task)
     base = cls(**BASES[task], runs_dir=str(tmp_path))
     names = [f.name for f in dataclasses.fields(cls)]
     unlisted = sorted(set(names) - set(ALTERNATIVES))
     assert not unlisted, f"new config field(s) {unlisted}: add to ALTERNATIVES, then hash them " \
-                         "or list them in uniq.engine.PLACEMENT with a reason"
+                         "or list them in uniq.config.PLACEMENT with a reason"
     for f in dataclasses.fields(cls):
         hashed = f.metadata.get("hashed", True)
         assert hashed != (f.name in PLACEMENT or f.name in ENTERS_VIA), \
@@ -228,7 +228,8 @@ def _old_scheme_dir(cfg, finished=True):
 def test_a_run_of_an_older_key_scheme_is_reported_not_reused_or_retrained(tmp_path, finished):
     from conftest import tiny
 
-    import uniq.engine as E
+    import uniq.runs as RD
+    import uniq.train as E
 
     cfg = tiny(tmp_path, epochs=1)
     old = _old_scheme_dir(cfg, finished)
@@ -237,20 +238,20 @@ def test_a_run_of_an_older_key_scheme_is_reported_not_reused_or_retrained(tmp_pa
     text = str(err.value)
     assert str(old) in text and ("mv " in text) == finished and "--fresh" in text
     assert not cfg.run_dir().exists()  # nothing was trained
-    with pytest.raises(E.CorruptFile, match="made under key scheme 1"):
-        E.Run.load(old)
+    with pytest.raises(RD.CorruptFile, match="made under key scheme 1"):
+        RD.Run.load(old)
     # another config of the same label (another epoch count) is not taken for it
-    assert E.older_scheme_run(tiny(tmp_path, epochs=2)) is None
+    assert RD.older_scheme_run(tiny(tmp_path, epochs=2)) is None
 
 
 def test_a_renamed_old_run_is_found_under_its_new_key(tmp_path):
     from conftest import tiny
 
-    import uniq.engine as E
+    import uniq.runs as RD
 
     cfg = tiny(tmp_path, epochs=1)
     _old_scheme_dir(cfg).rename(cfg.run_dir())
-    assert E.Run.load(cfg.run_dir()).finished
+    assert RD.Run.load(cfg.run_dir()).finished
 
 
 def test_policy_fields_reach_the_conversion_from_the_command_line():
@@ -259,10 +260,10 @@ def test_policy_fields_reach_the_conversion_from_the_command_line():
     argv = ["train", "--bits", "2", "--depth", "8", "--first-last-bits", "4",
             "--first-last-weight-granularity", "channel", "--overrides", "FIRST=fp"]
     probe = config_from_args(build_parser().parse_args(argv[:5])).resolved()
-    first = conversion_report(probe.make_model(100, probe.example_input())).layer.iloc[0]
+    first = conversion_report(make_model(probe, 100)).layer.iloc[0]
     argv[-1] = f"{first}=fp"
     cfg = config_from_args(build_parser().parse_args(argv)).resolved()
-    report = conversion_report(cfg.make_model(100, cfg.example_input())).set_index("layer")
+    report = conversion_report(make_model(cfg, 100)).set_index("layer")
     assert report.loc[first, "weight_bits"] == 32  # the override wins
     last = report[report.role == "last"].iloc[0]
     assert last.weight_bits == 4 and last.granularity == "channel"
@@ -274,11 +275,11 @@ def test_table5_init_scope(scope, last_keeps_mse):
     """Table 5's constant init on the low-bit layers only (default), or on every layer."""
     import torch
 
-    from uniq.cifar import CifarConfig
+    from uniq.config import CifarConfig
     from uniq.mse import optimal_step
 
     cfg = CifarConfig(bits=2, depth=8, init=0.2, init_scope=scope).resolved()
-    model = cfg.make_model(100, cfg.example_input())
+    model = make_model(cfg, 100)
     last = next(m for m in model.modules() if getattr(m, "role", None) == "last")
     body = next(m for m in model.modules() if getattr(m, "role", None) == "body")
     assert torch.allclose(body.weight_quantizer.step, torch.tensor(0.2))
@@ -293,7 +294,7 @@ def test_the_fidelity_page_matches_the_code():
     """Every flag the page names exists, and the numbers it quotes are the code's."""
     import re
 
-    import uniq.engine as E
+    import uniq.config as CF
 
     page = (Path(__file__).resolve().parent.parent / "docs" / "fidelity.md").read_text()
     parser = build_parser()
@@ -308,10 +309,10 @@ def test_the_fidelity_page_matches_the_code():
             ours += cells[4:6]
     named = set(re.findall(r"`(--[a-z][a-z0-9-]*)", " ".join(ours)))
     assert named and named <= known, sorted(named - known)
-    assert f"now {E.KEY_SCHEME})" in page
+    assert f"now {CF.KEY_SCHEME})" in page
     assert f"moved less than {100 * X.MIN_MOVED:g}%" in page
     assert X.FIGURE4_EARLY == 30 / 350 and "first 30/350" in page
-    for name in E.PLACEMENT:
+    for name in CF.PLACEMENT:
         assert name in ("device", "channels_last", "runs_dir", "data_dir", "workers",
                         "log_every", "stop_after", "wait", "download", "verify_data")
 
@@ -328,12 +329,12 @@ def test_an_old_table5_run_is_not_taken_for_the_new_init_scope(tmp_path):
     """Scheme 1 applied a constant init to the 8-bit layers too: not this run any more."""
     from conftest import tiny
 
-    import uniq.engine as E
+    import uniq.runs as RD
 
     new = tiny(tmp_path, bits=2, init=0.2)
     old = _old_scheme_dir(new)
     saved = json.loads((old / "config.json").read_text())
     del saved["config"]["init_scope"]
     (old / "config.json").write_text(json.dumps(saved))
-    assert E.older_scheme_run(new) is None
-    assert E.older_scheme_run(tiny(tmp_path, bits=2, init=0.2, init_scope="all")) == old
+    assert RD.older_scheme_run(new) is None
+    assert RD.older_scheme_run(tiny(tmp_path, bits=2, init=0.2, init_scope="all")) == old

@@ -1,9 +1,10 @@
 """Command line: ``python -m uniq {train,imagenet,runs,reproduce,table1,export,doctor} ...``.
 
 ``train`` (CIFAR-100) and ``imagenet`` take one flag per field of their config dataclass
-(``uniq.cifar.CifarConfig``, ``uniq.imagenet.ImageNetConfig``), with the help text written once
+(``uniq.config.CifarConfig``, ``uniq.config.ImageNetConfig``), with the help text written once
 in the field; both run under torchrun unchanged. Every error is one line on stderr, never a
 traceback: exit code 2 for bad input, 3 for a diverged run, 4 for a run busy in another process.
+A command's modules are imported only when it runs (``train --help`` imports the config only).
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ import dataclasses
 import json
 import math
 import sys
+from typing import TYPE_CHECKING
 
-from .engine import RunConfig, TrainingDiverged
+if TYPE_CHECKING:
+    from .config import RunConfig
 
 
 def _float(text: str) -> float:
@@ -82,7 +85,8 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
 
 def cmd_run(a: argparse.Namespace) -> int:
     from . import distributed
-    from .engine import evaluate_weights, fit
+    from .runs import run_state
+    from .train import evaluate_weights, fit
 
     if a.resume and a.fresh:
         raise ValueError("--resume and --fresh contradict each other; give one")
@@ -90,8 +94,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     main = distributed.init(cfg.device).main
     if a.print_config:
         run_dir = cfg.run_dir()
-        state = ("done" if (run_dir / "result.json").exists() else "partial"
-                 if (run_dir / "checkpoint.pt").exists() else "missing")
+        state = run_state(run_dir)
         print(json.dumps({"run_dir": str(run_dir), "state": state, "key": cfg.key(),
                           "recipe_spelled_out": cfg.recipe_obj().as_dict(),
                           "config": cfg.to_dict()}, indent=2, default=str))
@@ -130,9 +133,9 @@ def _numbers(text: str, what: str) -> list[int]:
 
 def cmd_reproduce(a: argparse.Namespace) -> int:
     from .reproduce import reproduce
+    from .study import get_profile
 
     only = _numbers(a.only, "--only") if a.only else None
-    from .experiments import get_profile
 
     params = {}
     for kv in a.param:
@@ -153,7 +156,7 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
 
 
 def cmd_runs(a: argparse.Namespace) -> int:
-    from .experiments import context, parse_seeds, plan
+    from .study import context, parse_seeds, plan
 
     ctx = context(a.profile, runs_dir=a.runs_dir, data_dir=a.data_dir, device=a.device,
                   seeds=parse_seeds(a.seeds) if a.seeds else None)
@@ -192,21 +195,26 @@ def cmd_doctor(a: argparse.Namespace) -> int:
     return main(o, a.output)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .cifar import CifarConfig
-    from .experiments import PROFILES
-    from .imagenet import ImageNetConfig
+def _train_args(p: argparse.ArgumentParser) -> None:
+    from .config import CifarConfig
 
-    p = argparse.ArgumentParser(prog="python -m uniq", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
-    add_run_args(sub.add_parser("train", help="train one CIFAR-100 run (cached, resumable, "
-                                "torchrun-ready)"), CifarConfig)
-    add_run_args(sub.add_parser("imagenet", help="train or evaluate one ImageNet run"),
-                 ImageNetConfig)
-    r = sub.add_parser("runs", help="list the distinct CIFAR runs a profile needs, or print "
-                       "the commands that train the missing ones")
-    r.add_argument("--profile", default="smoke", choices=list(PROFILES))
+    add_run_args(p, CifarConfig)
+
+
+def _imagenet_args(p: argparse.ArgumentParser) -> None:
+    from .config import ImageNetConfig
+
+    add_run_args(p, ImageNetConfig)
+
+
+def _profile_names() -> list[str]:
+    from .study import PROFILES
+
+    return list(PROFILES)
+
+
+def _runs_args(r: argparse.ArgumentParser) -> None:
+    r.add_argument("--profile", default="smoke", choices=_profile_names())
     r.add_argument("--seeds", default="", help="a count (3) or a list (0,1,2); default: the "
                    "profile's")
     r.add_argument("--commands", action="store_true", help="one training command per run "
@@ -215,8 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--data-dir", default="data")
     r.add_argument("--device", default="auto")
     r.set_defaults(func=cmd_runs)
-    r = sub.add_parser("reproduce", help="run every notebook with papermill into results/")
-    r.add_argument("--profile", default="smoke", choices=list(PROFILES))
+
+
+def _reproduce_args(r: argparse.ArgumentParser) -> None:
+    r.add_argument("--profile", default="smoke", choices=_profile_names())
     r.add_argument("--only", default="", help="comma-separated notebook numbers, e.g. 4,5")
     r.add_argument("--keep-going", action="store_true", help="continue after a failing notebook")
     r.add_argument("--out-dir", default=None, help="default: results/<profile>")
@@ -225,11 +235,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--notebooks-dir", default=None,
                    help="run another folder of NN_*.ipynb notebooks (default: notebooks/)")
     r.set_defaults(func=cmd_reproduce)
-    t1 = sub.add_parser("table1", help="print Table 1 computed from Eq. 7/8")
+
+
+def _table1_args(t1: argparse.ArgumentParser) -> None:
     t1.add_argument("--max-bits", type=int, default=4)
     t1.set_defaults(func=cmd_table1)
-    d = sub.add_parser("doctor", help="preflight a (GPU) machine in minutes: versions, TF32, "
-                       "training speed eager and compiled, memory, NCCL, loaders")
+
+
+def _doctor_args(d: argparse.ArgumentParser) -> None:
     d.add_argument("-o", "--output", default="doctor.json", help="where to write the JSON")
     d.add_argument("--device", default="auto")
     d.add_argument("--quick", action="store_true", help="a tiny model and few steps, eager "
@@ -247,9 +260,38 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--budget", type=_float, default=300.0, help="seconds; groups left when it "
                    "is spent are reported as skipped")
     d.set_defaults(func=cmd_doctor)
-    from .export import add_export_parser
 
-    add_export_parser(sub)
+
+def _export_args(p: argparse.ArgumentParser) -> None:
+    from .export import add_export_arguments
+
+    add_export_arguments(p)
+
+
+COMMANDS = {
+    "train": ("train one CIFAR-100 run (cached, resumable, torchrun-ready)", _train_args),
+    "imagenet": ("train or evaluate one ImageNet run", _imagenet_args),
+    "runs": ("list the distinct CIFAR runs a profile needs, or print the commands that train "
+             "the missing ones", _runs_args),
+    "reproduce": ("run every notebook with papermill into results/", _reproduce_args),
+    "table1": ("print Table 1 computed from Eq. 7/8", _table1_args),
+    "doctor": ("preflight a (GPU) machine in minutes: versions, TF32, training speed eager and "
+               "compiled, memory, NCCL, loaders", _doctor_args),
+    "export": ("export a finished run to ONNX (QDQ, or integer kernels with --integer)",
+               _export_args),
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``command`` only that subcommand's arguments are built (and only its
+    modules imported), the others are listed by name and help."""
+    p = argparse.ArgumentParser(prog="python -m uniq", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, (text, add) in COMMANDS.items():
+        sp = sub.add_parser(name, help=text, description=text)
+        if command in (None, name):
+            add(sp)
     return p
 
 
@@ -261,9 +303,12 @@ def _one_line(err: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command if command in COMMANDS else None).parse_args(argv)
+    from .config import TrainingDiverged
     from .rundir import CorruptFile, RunBusy
 
-    args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except TrainingDiverged as err:

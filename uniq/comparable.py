@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from .engine import FULL_PRECISION, PLACEMENT, RunConfig
+from .config import FULL_PRECISION, PLACEMENT, RunConfig
 from .recipes import get_recipe
 
 PAPER_EPOCHS = {"cifar": 350, "imagenet": 90}

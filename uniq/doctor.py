@@ -30,9 +30,12 @@ from typing import Any
 import torch
 
 from . import distributed
-from .cifar import CifarConfig
-from .engine import PRECISIONS, prepare, set_precision, train_step
+from .config import PRECISIONS, CifarConfig, ImageNetConfig
 from .functional import value_checks
+from .runs import Run
+from .study import get_profile
+from .tasks import make_model
+from .train import fit, prepare, set_precision, train_step
 
 GROUPS = ("versions", "devices", "tf32", "training", "memory", "ddp", "loaders")
 TARGET_RATIO = {"cpu": 1.7, "cuda": 1.15}  # UniQ/FP step, eager fp32 (issue 22's targets)
@@ -209,7 +212,7 @@ EXPECTED_TF32 = {"fp32": False, "tf32": True, "bf16": False, "fp64": False}
 
 
 def check_tf32(o: Options, cuda: bool) -> list[Check]:
-    """The switches ``uniq.engine.set_precision`` sets, for every precision."""
+    """The switches ``uniq.train.set_precision`` sets, for every precision."""
     old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     rows = []
     try:
@@ -222,7 +225,7 @@ def check_tf32(o: Options, cuda: bool) -> list[Check]:
             rows.append(Check("tf32", f"--precision {p}", "pass" if ok else "fail",
                               f"TF32 convolutions {'on' if got['cudnn_allow_tf32'] else 'off'},"
                               f" matmuls {'on' if got['matmul_allow_tf32'] else 'off'}",
-                              "" if ok else "uniq.engine.set_precision does not set what the "
+                              "" if ok else "uniq.train.set_precision does not set what the "
                               "README documents: report it", data=got))
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
@@ -230,7 +233,6 @@ def check_tf32(o: Options, cuda: bool) -> list[Check]:
 
 
 def _training_config(o: Options, device: str) -> dict:
-    from .experiments import get_profile
 
     prof = get_profile(o.profile)
     depth, batch = (8, 32) if o.quick else (prof.depth, prof.batch_size)
@@ -309,8 +311,6 @@ def memory_cases(profile: str) -> list[tuple[str, Callable[[], Any], int, int, i
     """(name, model builder, batch per GPU, image size, classes): the CIFAR profile's model and
     batch, and ImageNet ResNet-18 at its default batch, both 2-bit with steps set (memory only,
     no calibration pass)."""
-    from .experiments import get_profile
-    from .imagenet import ImageNetConfig
     from .modules import quantizers
 
     prof = get_profile(profile)
@@ -319,7 +319,7 @@ def memory_cases(profile: str) -> list[tuple[str, Callable[[], Any], int, int, i
 
     def builder(cfg, classes):
         def build():
-            m = cfg.make_model(classes, cfg.example_input(), pretrained=False)
+            m = make_model(cfg, classes)
             for _, q in quantizers(m):
                 q.set_step(torch.full_like(q.step, 0.05))  # any positive step: memory only
             return m
@@ -372,7 +372,6 @@ def ddp_equivalence(device: str, runs: Path, port: int = 29531) -> Check:
     """Two processes under torchrun (NCCL on CUDA, gloo on the CPU), one step of the same
     global batch in float64, against one process: the weights agree as in
     tests/test_imagenet.py (8-bit inputs: a rounding tie may move a weight by ~1e-7)."""
-    from . import engine as E
 
     name = f"2-process {'NCCL' if device == 'cuda' else 'gloo'} step = 1 process"
     kw = dict(dataset="synthetic", synthetic_train=64, synthetic_test=32, depth=8,
@@ -392,8 +391,8 @@ def ddp_equivalence(device: str, runs: Path, port: int = 29531) -> Check:
         last = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "failed"
         return Check("ddp", name, "fail", _short(last), "check NCCL (NCCL_DEBUG=INFO), the "
                      "GPUs' peer access and the firewall", data={"stderr": out.stderr[-4000:]})
-    two = E.Run.load(CifarConfig(**kw, runs_dir=str(runs / "two")).run_dir())
-    one = E.fit(CifarConfig(**kw, runs_dir=str(runs / "one")), quiet=True)
+    two = Run.load(CifarConfig(**kw, runs_dir=str(runs / "two")).run_dir())
+    one = fit(CifarConfig(**kw, runs_dir=str(runs / "one")), quiet=True)
     a = torch.load(two.dir / "model.pt", weights_only=True)
     b = torch.load(one.dir / "model.pt", weights_only=True)
     floats = [k for k in a if torch.is_tensor(a[k]) and a[k].is_floating_point()]
@@ -428,7 +427,7 @@ def _jpeg_folder(root: Path, n: int, size: tuple[int, int]) -> Path:
 
 def check_loaders(o: Options, cuda: bool) -> list[Check]:
     from . import data as D
-    from .imagenet import ImageNetConfig, imagenet_data
+    from .tasks import imagenet_data
 
     device = torch.device("cuda" if cuda else "cpu")
     rows = []

@@ -1,17 +1,18 @@
 """The paper's printed numbers (``data/paper_tables.csv``), their lookup, and the ``diff``
-column every reproduced table carries; Tables 2 and 3 assembled from finished ImageNet runs."""
+column every reproduced table carries. Data only: it imports nothing else of the package."""
 
 from __future__ import annotations
 
 import functools
-import json
-from pathlib import Path
 
 import pandas as pd
 
-from .paths import REPO, resolve_path
+from .paths import REPO
 
 PAPER_CSV = REPO / "data" / "paper_tables.csv"
+PAPER_NAMES = {"preresnet18": "resnet18", "preresnet34": "resnet34",
+               "mobilenetv2_w1": "mobilenetv2"}
+"""The paper's model names of the pytorchcv architectures."""
 REPORTED = ("top1_final", "top1_best")
 """Which accuracy a table's ``diff`` compares with the paper: the last epoch's (default; the
 paper does not say) or the best epoch's (what the authors' code keeps)."""
@@ -52,56 +53,3 @@ def with_diff(df: pd.DataFrame, reported: str = "top1_final") -> pd.DataFrame:
     df["diff"] = (df[check_reported(reported)] - df.paper_top1).round(2)
     df["diff_uses"] = reported
     return df
-
-
-def imagenet_results(runs_dir: str | Path = "runs") -> pd.DataFrame:
-    """Every finished ImageNet run under ``<runs_dir>/imagenet``, one row each."""
-    from .imagenet import PAPER_NAMES
-
-    rows = []
-    for path in sorted(resolve_path(runs_dir).glob("imagenet/*/result.json")):
-        r = json.loads(path.read_text())
-        cfg = json.loads((path.parent / "config.json").read_text())["config"]
-        rows.append({"model": PAPER_NAMES.get(cfg["arch"], cfg["arch"]),
-                     "method": "fp" if r["bits"] == 32 else
-                     {"uniq": "UniQ", "lsq": "LSQ"}[r["method"]],
-                     "bits": r["bits"], "top1_final": r["top1_final"],
-                     "top1_best": r["top1_best"], "epochs": r["epochs"],
-                     "precision": r.get("precision", "fp32"), "run": r["run"]})
-    cols = ["model", "method", "bits", "top1_final", "top1_best", "epochs", "precision", "run"]
-    return pd.DataFrame(rows, columns=cols)
-
-
-def _comparable(runs_dir: str | Path, run: str) -> bool:
-    """``uniq.comparable``'s verdict on one ImageNet run (the rule of every table and claim)."""
-    from .comparable import comparable_to_paper
-    from .engine import Run
-
-    return comparable_to_paper([Run.load(resolve_path(runs_dir) / "imagenet" / run).config])[0]
-
-
-def imagenet_tables(runs_dir: str | Path = "runs", reported: str = "top1_final"
-                    ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Tables 2 and 3: the paper's numbers with reproduced top-1 where a run exists."""
-    done = imagenet_results(runs_dir)
-    out = []
-    for table in (2, 3):
-        p = _read()
-        t = p[p.table == table].rename(columns={"value": "paper_top1", "weight_bits": "bits"})
-        t = t[["model", "method", "bits", "act_bits", "paper_top1", "note"]].copy()
-        for col in REPORTED:
-            t[col] = float("nan")
-        t["run"] = ""
-        t["comparable_to_paper"] = None
-        for i, r in t.iterrows():
-            hit = done[(done.model == r.model) & (done.method == r.method) & (done.bits == r.bits)]
-            if len(hit):
-                for col in REPORTED:
-                    t.loc[i, col] = float(hit[col].iloc[-1])
-                t.loc[i, "run"] = hit.run.iloc[-1]
-                t.loc[i, "comparable_to_paper"] = _comparable(runs_dir, hit.run.iloc[-1])
-        t = with_diff(t, reported)
-        t["top1"] = t[reported]
-        t["dataset"] = "imagenet"
-        out.append(t.reset_index(drop=True))
-    return out[0], out[1]

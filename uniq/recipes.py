@@ -9,11 +9,6 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, replace
 
-import torch
-from torch import nn
-
-from .modules import step_parameters
-
 
 @dataclass(frozen=True)
 class Recipe:
@@ -88,23 +83,3 @@ def lr_at(recipe: Recipe, epoch: float, epochs: int) -> float:
     span = max(epochs - recipe.warmup_epochs, 1e-12)
     progress = min(max((epoch - recipe.warmup_epochs) / span, 0.0), 1.0)
     return recipe.lr * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def build_optimizer(model: nn.Module, recipe: Recipe, fused: bool = False) -> torch.optim.Optimizer:
-    """SGD (momentum) or Adam with weight decay on everything except the step sizes."""
-    steps = {id(p) for p in step_parameters(model)}
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if id(p) not in steps], "weight_decay": recipe.weight_decay},
-        {"params": [p for p in params if id(p) in steps], "weight_decay": 0.0},
-    ]
-    groups = [g for g in groups if g["params"]]
-    kwargs = {"fused": True} if fused else {}
-    if recipe.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, **kwargs)
-    return torch.optim.Adam(groups, lr=recipe.lr, **kwargs)
-
-
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr

@@ -7,10 +7,6 @@ and renders each executed notebook into ``html/NN_name.html``. Everything is a f
 page, linked relatively: it opens from the file system, with no server and no internet (no
 script, style sheet or image is fetched from elsewhere), and it reads on a phone-width screen.
 
-The module also holds the small reading guides the notebooks print under their tables and
-figures, because they depend on the profile (``describe_setting``, ``how_to_compare``,
-``column_guide``).
-
 Run it on its own with ``python -m uniq.report results/smoke``.
 """
 
@@ -27,7 +23,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from .experiments import Profile
 from .paths import REPO
 from .repro_summary import FIDELITY, summary_html, summary_markdown
 
@@ -384,106 +379,6 @@ def _figure_block(path: Path) -> str:
             f'<img src="{html.escape(path.name)}" alt="{html.escape(caption)}" '
             f'loading="lazy"></a><figcaption>{html.escape(caption)} '
             f"({html.escape(path.name)})</figcaption></figure>")
-
-
-# --- reading guides for the notebooks -------------------------------------------------------
-
-
-def describe_setting(profile: Profile) -> str:
-    """What a profile trains, in words: model, data set and schedule."""
-    data = {"synthetic": f"generated data ({profile.synthetic_train:,} training images)",
-            "finegrain": f"generated fine-detail data ({profile.synthetic_train:,} training "
-                         "images of 16x16 pixels, 20 classes)"}.get(profile.dataset, "CIFAR-100")
-    return (f"a ResNet-{profile.depth} on {data}, {profile.fp_epochs} full-precision epochs and "
-            f"{profile.epochs} epoch{'s' if profile.epochs != 1 else ''} per quantized run")
-
-
-def model_and_data(profile: Profile) -> str:
-    """Short form for titles: ``ResNet-32 on CIFAR-100`` or ``ResNet-8 on generated data``."""
-    data = {"synthetic": "generated data", "finegrain": "generated fine-detail data"}.get(
-        profile.dataset, "CIFAR-100")
-    return f"ResNet-{profile.depth} on {data}"
-
-
-def how_to_compare(profile: Profile) -> str:
-    """What a reader may compare with the paper in this profile."""
-    if profile.dataset == "synthetic":
-        return (f"This run is {describe_setting(profile)}: it shows that every step works, "
-                "not what the paper measured. Compare directions and shapes, not the numbers, "
-                "and expect even the directions to be noisy: a run this short changes the "
-                "network little.")
-    if profile.dataset == "finegrain":
-        return (f"This run is {describe_setting(profile)}: a task small enough for a laptop "
-                "and hard enough that bit width matters, not CIFAR-100. Compare directions "
-                "(which rows are ahead, and whether the interval excludes zero) with the "
-                "paper's, not the values.")
-    if not profile.comparable:
-        return (f"This run is {describe_setting(profile)} instead of 350: expect every number "
-                "below the paper's, and compare the ordering of the rows with the paper's.")
-    return (f"This run is {describe_setting(profile)}: the paper's setting. Differences of a "
-            "few tenths of a point are run-to-run noise (the paper reports one run each).")
-
-
-def about_the_data(profile: Profile) -> str:
-    """Markdown for notebook 3: what this profile's data are and why."""
-    if profile.dataset == "finegrain":
-        return (
-            "**The data (laptop profile).** No real image set small enough for a laptop ships "
-            "offline with this project's dependencies, so the images are generated "
-            "(`uniq.data.finegrain`, the same for every seed): 20 classes in 10 pairs, "
-            f"{profile.synthetic_train:,} training and {profile.synthetic_test:,} test images "
-            "of 16x16 pixels. The two classes of a pair share a smooth colour template and "
-            "differ only in a fine pattern of 2x2-pixel cells, under strong pixel noise, "
-            "random shifts and contrast. Colour tells the pair; only the fine pattern tells "
-            "the class, and fine detail is what coarse quantization loses, so the bit width "
-            "shows in the accuracy.\n\n"
-            "**How the profile was chosen.** Its size (images, epochs, seeds) was tuned on three "
-            "things only: full-precision top-1 between 60% and 90% (neither saturated nor "
-            "chance), the seed-to-seed standard deviation of top-1 (pooled over Table 4's "
-            "cells; notebook 4 prints it), and how far training moves the 2-bit weights from "
-            "their full-precision start (notebook 4). It was fixed before any claim's verdict "
-            "was looked at, so that it can show an effect, never to make a claim hold.")
-    if profile.dataset == "synthetic":
-        return ("**The data (smoke profile).** Generated stand-ins for CIFAR-100 "
-                f"(`uniq.data.synthetic_cifar`): {profile.synthetic_train:,} training images of "
-                "100 smooth colour templates under noise. The profile exists to run every step "
-                "in minutes; its numbers show that the pipeline works, not the paper's effects.")
-    return ("**The data.** CIFAR-100: 50,000 training and 10,000 test images of 32x32 pixels "
-            "in 100 classes, read from `data/` (checked against the official checksums).")
-
-
-COLUMN_MEANINGS = {
-    "experiment": "the cell's key (the claims file names cells by it)",
-    "n": "how many seeds the cell has (one run per seed)",
-    "top1": "the reproduced top-1 accuracy (%), the mean over seeds of the accuracy `diff` "
-            "compares",
-    "top1_final": "top-1 (%) after the last epoch, mean over seeds",
-    "top1_final_sd": "its standard deviation over seeds (empty with one seed)",
-    "top1_best": "the best top-1 (%) over all epochs, mean over seeds: what the authors' code "
-                 "reports (an optimistic choice: it picks the epoch by the test set)",
-    "top1_best_sd": "its standard deviation over seeds",
-    "paper_top1": "the number printed in the paper for the same setting (empty where the paper "
-                  "has none)",
-    "diff": "reproduced minus paper, in points; negative means below the paper",
-    "diff_ci_low": "lower end of the 95% confidence interval of `diff` over seeds (empty with "
-                   "one seed)",
-    "diff_ci_high": "upper end of that interval: if it lies below 0, the cell is below the "
-                    "paper beyond seed noise",
-    "diff_uses": "which accuracy `diff` compares (`top1_final` unless REPORTED=top1_best)",
-    "comparable_to_paper": "True only when the profile is the paper's setting (real CIFAR-100, "
-                           "ResNet-32, 350 epochs); otherwise `diff` is not a verdict",
-    "run": "the folder under `runs/` with the run's config, metrics and checkpoint",
-    "runs": "the run folders (one per seed) under `runs/cifar/`",
-    "precision": "the arithmetic the runs used (fp32 is the paper's)",
-    "dataset": "the data the run actually used",
-    "profile": "the reproduction profile that produced the row",
-}
-
-
-def column_guide(df: pd.DataFrame) -> str:
-    """Markdown: what each result column of ``df`` means (only the columns it has)."""
-    lines = [f"- `{c}`: {COLUMN_MEANINGS[c]}" for c in COLUMN_MEANINGS if c in df.columns]
-    return "**The columns.**\n" + "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,9 +20,9 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-from .experiments import get_profile, parse_seeds
 from .paths import REPO, resolve_path
 from .report import build_report
+from .study import get_profile, parse_seeds
 
 NOTEBOOKS_DIR = REPO / "notebooks"
 PACKAGES = ("torch", "torchvision", "numpy", "scipy", "pandas", "matplotlib", "papermill",
@@ -179,7 +179,7 @@ def inline_backend():
     """Start kernels with the backend JupyterLab gives them, whatever this process's MPLBACKEND
     (`make` exports Agg, which a kernel would inherit): a figure a notebook draws with plain
     pyplot then shows in the executed copy too. uniq's own figures show in any backend
-    (``uniq.plots.show``). The variable is restored afterwards."""
+    (``uniq.figures.show``). The variable is restored afterwards."""
     before = os.environ.get("MPLBACKEND")
     os.environ["MPLBACKEND"] = INLINE_BACKEND
     try:

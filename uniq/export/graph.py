@@ -1,7 +1,7 @@
 """ONNX export of a converted model in the standard QDQ form, run and checked by onnxruntime.
 
 The graph is built directly with ``onnx.helper`` from a ``torch.fx`` trace of the model, so every
-quantizer becomes exactly the integer grid of ``uniq.integer`` (opset 13):
+quantizer becomes exactly the integer grid of ``uniq.export.integer`` (opset 13):
 
 * a quantized weight is an integer initializer (its codes) followed by ``DequantizeLinear``
   with zero point 0: UniQ's odd codes ``q`` (Eq. 3) with scale ``D/2``, LSQ's two's-complement
@@ -50,8 +50,13 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from .. import __version__
+from ..data import FINEGRAIN_SIZE, load_dataset, normalize
+from ..modules import QConv2d, QLinear, Quantizer, quantizers
+from ..paths import resolve_path
+from ..runs import Run
+from ..tasks import DATA_SEED
 from .integer import IntegerGrid, from_codes, integer_grid, to_codes
-from .modules import QConv2d, QLinear, Quantizer, quantizers
 
 OPSET = 13
 INSTALL_HINT = 'pip install "uniq[export]"'
@@ -637,7 +642,6 @@ def export_onnx(model: nn.Module, path: str | Path, example_input: torch.Tensor,
 
 
 def _version() -> str:
-    from . import __version__
 
     return __version__
 
@@ -799,7 +803,6 @@ def load_run_model(run_dir: str | Path) -> nn.Module:
         raise FileNotFoundError(
             f"{weights_path} not found: the run has not finished; finish it (run the same "
             "training command again, it resumes) or export a finished run")
-    from .engine import Run
 
     run = Run.load(run_dir)
     if not run.finished:
@@ -810,7 +813,6 @@ def load_run_model(run_dir: str | Path) -> nn.Module:
 def run_input_size(run_dir: str | Path) -> int:
     """The image size a run was trained at (ImageNet: its ``image_size``; CIFAR-100 and the
     ``synthetic`` stand-in: 32; the laptop profile's ``finegrain``: 16)."""
-    from .data import FINEGRAIN_SIZE
 
     cfg = json.loads((Path(run_dir) / "config.json").read_text())["config"]
     if "image_size" in cfg:
@@ -821,13 +823,10 @@ def run_input_size(run_dir: str | Path) -> int:
 def load_run_batch(run_dir: str | Path, n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``n`` test images of a CIFAR run's dataset, normalised as in training, and
     their labels (the synthetic set is generated from the run's seed)."""
-    from .data import load_dataset, normalize
 
     cfg = json.loads((Path(run_dir) / "config.json").read_text())["config"]
     if "arch" in cfg:
         raise ValueError(f"{run_dir} is an ImageNet run; load its validation images yourself")
-    from .cifar import DATA_SEED
-    from .paths import resolve_path
 
     data = load_dataset(cfg["dataset"], False, resolve_path(cfg["data_dir"]), DATA_SEED,
                         (cfg["synthetic_train"], cfg["synthetic_test"]), download=False)
@@ -920,13 +919,11 @@ def cmd_export(a: argparse.Namespace) -> int:
     return 0 if (a.no_check or agree) and integer_ok else 1
 
 
-def add_export_parser(subparsers) -> argparse.ArgumentParser:
+def add_export_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """``python -m uniq export RUN_DIR -o model.onnx``."""
-    p = subparsers.add_parser(
-        "export", help="export a trained run to ONNX (QDQ) and check it with onnxruntime",
-        description="Write a finished CIFAR or ImageNet run as an ONNX file in the QDQ form "
-                    f"(opset {OPSET}) and compare onnxruntime's logits with PyTorch's on a "
-                    f"random batch. Needs: {INSTALL_HINT}")
+    p.description = ("Write a finished CIFAR or ImageNet run as an ONNX file in the QDQ form "
+                     f"(opset {OPSET}) and compare onnxruntime's logits with PyTorch's on a "
+                     f"random batch. Needs: {INSTALL_HINT}")
     p.add_argument("run_dir", help="a finished run directory (config.json and model.pt)")
     p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
     p.add_argument("--image-size", type=int, default=None,
@@ -948,4 +945,4 @@ def add_export_parser(subparsers) -> argparse.ArgumentParser:
 __all__ = ["OPSET", "INTEGER_KERNELS", "NINE_BIT", "build_onnx", "export_onnx",
            "check_exportable", "onnx_session", "integer_layers",
            "check_parity", "measure_latency", "load_run_model", "load_run_batch",
-           "onnx_summary", "add_export_parser"]
+           "onnx_summary", "add_export_arguments"]

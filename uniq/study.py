@@ -2,7 +2,7 @@
 Figures 3-4 (with seeds), and writers that put every table next to the paper's numbers.
 
 Notebooks call these functions; they never build configs or loops themselves. Every run goes
-through ``uniq.engine.fit`` with a fully resolved config, so a run asked for by two tables, two
+through ``uniq.train.fit`` with a fully resolved config, so a run asked for by two tables, two
 notebooks or two processes is trained once.
 """
 
@@ -17,12 +17,22 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
-from .cifar import CifarConfig
-from .engine import Run, fit
-from .paper import check_reported, paper_value
+from .claims import chance_holds, evaluate_claims, per_cell_summary  # noqa: F401 - chance_holds: notebook 8
+from .comparable import comparable_to_paper, paper_differences, setting_differences
+from .config import CifarConfig, ImageNetConfig
+from .convert import conversion_report, quantize_model
+from .figures import DPI, show
+from .models import IMAGENET_MODELS, adaptive_pooling, imagenet_model
+from .modules import quantizers
+from .paper import PAPER_NAMES, REPORTED, check_reported, paper_tables, paper_value, with_diff
 from .paths import resolve_path
-from .recipes import get_recipe
+from .recipes import get_recipe, lr_at  # noqa: F401 - lr_at: notebook 4
+from .repro_summary import seed_noise  # noqa: F401 - notebook 4
+from .runs import Run, older_scheme_run, run_state
+from .tasks import cifar_splits, demo_config, generated_folder
+from .train import fit
 
 PAPER_EPOCHS = 350
 
@@ -55,8 +65,6 @@ class Profile:
 
     def paper_differences(self, precision: str = "fp32") -> list[str]:
         """What this profile's runs change from the paper's setting (empty: none)."""
-        from .comparable import paper_differences
-
         out: list[str] = []
         for bits in (2, 1):  # a multi-bit run, and a warm-up run (where the scale shows)
             cfg = CifarConfig(bits=bits, dataset=self.dataset, depth=self.depth,
@@ -308,6 +316,16 @@ def fp_config(ctx: Context) -> CifarConfig:
     return config(ctx, experiments(ctx, 4)[0])
 
 
+def runs_named(ctx: Context, names: Iterable[str]) -> list[Run]:
+    """The finished CIFAR runs with these directory names (as the tables' ``runs`` column)."""
+    return [Run.load(ctx.runs_dir / "cifar" / name) for name in names]
+
+
+def test_images(ctx: Context):
+    """The full-precision run's test split, as stored (uint8, before normalisation)."""
+    return cifar_splits(fp_config(ctx))[1]
+
+
 def quant_config(ctx: Context, bits: int, method: str = "uniq", init: str | float | None = None,
                  recipe: str = "", seed: int = 0) -> CifarConfig:
     """A quantized run started from the profile's full-precision run (Section 5.2)."""
@@ -325,12 +343,8 @@ def run(cfg: CifarConfig) -> Run:
 
 
 def _state(cfg: CifarConfig) -> str:
-    from .engine import older_scheme_run
-
-    d = cfg.run_dir()
-    return ("done" if (d / "result.json").exists() else "partial"
-            if (d / "checkpoint.pt").exists() else "old-key" if older_scheme_run(cfg)
-            else "missing")
+    state = run_state(cfg.run_dir())
+    return "old-key" if state == "missing" and older_scheme_run(cfg) else state
 
 
 def train_command(cfg: CifarConfig) -> str:
@@ -401,6 +415,7 @@ def _seconds_per_image_epoch(ctx: Context) -> float | None:
 def ensure(ctx: Context, keys: Iterable[str], notebook: str = "this notebook") -> dict:
     """Make sure the runs of these experiments exist (every seed), saying first how many are
     needed, cached and to train, and about how long that takes; then "run i of M" for each.
+    Silent when every run is cached (a notebook's later tables reuse its first one's runs).
     Returns ``{(key, seed): Run}``."""
     todo = distinct_runs(ctx, keys)
     missing = [(k, s, c) for k, s, c in todo if _state(c) != "done"]
@@ -413,8 +428,6 @@ def ensure(ctx: Context, keys: Iterable[str], notebook: str = "this notebook") -
             eta = f" (about {secs / 60:.1f} min at the last measured speed)"
         print(f"{notebook} needs {len(todo)} runs: {len(todo) - len(missing)} cached, "
               f"{len(missing)} to train{eta}. {ctx.describe()}.", flush=True)
-    else:
-        print(f"{notebook} needs {len(todo)} runs: all cached, nothing to train.", flush=True)
     runs = {}
     for i, (key, seed, cfg) in enumerate(missing):
         print(f"run {i + 1} of {len(missing)}: {key} seed {seed} ({cfg.run_dir().name})",
@@ -453,7 +466,6 @@ SEED_COLUMNS = ("experiment", "seed", "top1_final", "top1_best", "paper_top1", "
 def summarize(seeds: pd.DataFrame, reported: str, profile: str) -> pd.DataFrame:
     """Per cell: mean, sd and n over seeds of both accuracies, the paper's value, and the
     difference (of ``reported``) with its 95% confidence interval over seeds."""
-    from .claims import per_cell_summary
 
     by = ["experiment"] + [c for c in seeds.columns if c not in SEED_COLUMNS]
     other = "top1_best" if reported == "top1_final" else "top1_final"
@@ -618,8 +630,6 @@ def imagenet_demo(ctx: Context) -> pd.DataFrame:
     epoch on a generated ImageFolder through the real loaders and engine, and the 1-bit
     ResNet-18 started from the 2-bit one (weights only, steps re-initialised). One row per run
     with the number of weight levels its 1-bit layers really have."""
-    from .imagenet import demo_config, generated_folder
-    from .modules import quantizers
 
     # Its own folders: demonstration runs on generated images never enter Tables 2-3.
     demo = ctx.runs_dir / "imagenet-demo"
@@ -663,9 +673,6 @@ def claims_table(ctx: Context, train: bool = False) -> pd.DataFrame:
     """Every claim of ``data/claims.csv`` with its effect, 95% interval and verdict. Runs are
     pooled only when their configs differ in the seed alone, and "comparable to the paper" is
     decided by ``uniq.comparable`` for each experiment's runs."""
-    from .claims import evaluate_claims
-    from .comparable import comparable_to_paper
-
     values, missing = measurements(ctx, train)
     comparability = {e.key: comparable_to_paper(
         [config(ctx, e, s) for s in ((0,) if e.bits == 32 else ctx.seeds)])
@@ -688,8 +695,6 @@ def imagenet_measurements(ctx: Context) -> tuple[pd.DataFrame, dict, dict]:
     """Finished ImageNet ResNet-18 runs as claim measurements (``t2/resnet18/<method>/<b>b``),
     each experiment's comparability to the paper, and the experiments whose runs differ in more
     than the seed (``{experiment: what differs}``: not pooled, "not comparable")."""
-    from .comparable import comparable_to_paper, setting_differences
-
     groups: dict[str, list[Run]] = {}
     for path in sorted(ctx.runs_dir.glob("imagenet/*/result.json")):
         run = Run.load(path.parent)
@@ -736,8 +741,7 @@ def save_table(ctx: Context, df: pd.DataFrame, name: str, title: str,
 
 def save_figure(ctx: Context, fig, name: str) -> Path:
     """Write ``<name>.png`` into the results and show that same image once in the notebook
-    (whatever the matplotlib backend: see ``uniq.plots.show``)."""
-    from .plots import DPI, show
+    (whatever the matplotlib backend: see ``uniq.figures.show``)."""
 
     path = ctx.results_dir / f"{name}.png"
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
@@ -803,3 +807,176 @@ def reproduced_imagenet(ctx: Context, model: str) -> pd.DataFrame:
     col = ctx.reported if ctx.reported in t else "top1"
     t = t[(t.model == model) & (t.method == "UniQ") & t[col].notna()]
     return t[["bits", col]].rename(columns={col: "top1"})
+
+
+# --- notebook 7: the conversion policy of the ImageNet models, offline -----------------------
+
+
+def policy_summary(bits_list=(4, 3, 2, 1)) -> pd.DataFrame:
+    """For each architecture and bit width: how many layers get which weight bits."""
+    rows = []
+    for arch in IMAGENET_MODELS:
+        base = adaptive_pooling(imagenet_model(arch, False))
+        granularity = ImageNetConfig(arch=arch).default_granularity()
+        for bits in bits_list:
+            r = conversion_report(quantize_model(base, bits, "uniq", granularity,
+                                                 example_input=torch.randn(1, 3, 64, 64)))
+            rows.append({"arch": arch, "bits": bits, "layers": len(r),
+                         "at_bits": int((r.weight_bits == bits).sum()),
+                         "at_8": int(((r.weight_bits == 8) & (bits != 8)).sum()),
+                         "full_precision": int((r.weight_bits == 32).sum()),
+                         "signed_inputs": int(r.signed_input.fillna(False).sum()),
+                         "granularity": granularity})
+    return pd.DataFrame(rows)
+
+
+# --- Tables 2 and 3 from finished ImageNet runs ------------------------------------------
+
+
+def imagenet_results(runs_dir: str | Path = "runs") -> pd.DataFrame:
+    """Every finished ImageNet run under ``<runs_dir>/imagenet``, one row each."""
+
+    rows = []
+    for path in sorted(resolve_path(runs_dir).glob("imagenet/*/result.json")):
+        r = json.loads(path.read_text())
+        cfg = json.loads((path.parent / "config.json").read_text())["config"]
+        rows.append({"model": PAPER_NAMES.get(cfg["arch"], cfg["arch"]),
+                     "method": "fp" if r["bits"] == 32 else
+                     {"uniq": "UniQ", "lsq": "LSQ"}[r["method"]],
+                     "bits": r["bits"], "top1_final": r["top1_final"],
+                     "top1_best": r["top1_best"], "epochs": r["epochs"],
+                     "precision": r.get("precision", "fp32"), "run": r["run"]})
+    cols = ["model", "method", "bits", "top1_final", "top1_best", "epochs", "precision", "run"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def _imagenet_comparable(runs_dir: str | Path, run: str) -> bool:
+    """``uniq.comparable``'s verdict on one ImageNet run (the rule of every table and claim)."""
+    return comparable_to_paper([Run.load(resolve_path(runs_dir) / "imagenet" / run).config])[0]
+
+
+def imagenet_tables(runs_dir: str | Path = "runs", reported: str = "top1_final"
+                    ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Tables 2 and 3: the paper's numbers with reproduced top-1 where a run exists."""
+    done = imagenet_results(runs_dir)
+    out = []
+    for table in (2, 3):
+        p = paper_tables()
+        t = p[p.table == table].rename(columns={"value": "paper_top1", "weight_bits": "bits"})
+        t = t[["model", "method", "bits", "act_bits", "paper_top1", "note"]].copy()
+        for col in REPORTED:
+            t[col] = float("nan")
+        t["run"] = ""
+        t["comparable_to_paper"] = None
+        for i, r in t.iterrows():
+            hit = done[(done.model == r.model) & (done.method == r.method) & (done.bits == r.bits)]
+            if len(hit):
+                for col in REPORTED:
+                    t.loc[i, col] = float(hit[col].iloc[-1])
+                t.loc[i, "run"] = hit.run.iloc[-1]
+                t.loc[i, "comparable_to_paper"] = _imagenet_comparable(runs_dir, hit.run.iloc[-1])
+        t = with_diff(t, reported)
+        t["top1"] = t[reported]
+        t["dataset"] = "imagenet"
+        out.append(t.reset_index(drop=True))
+    return out[0], out[1]
+
+
+# --- reading guides: what the notebooks print under their tables and figures -----------------
+
+
+def describe_setting(profile: Profile) -> str:
+    """What a profile trains, in words: model, data set and schedule."""
+    data = {"synthetic": f"generated data ({profile.synthetic_train:,} training images)",
+            "finegrain": f"generated fine-detail data ({profile.synthetic_train:,} training "
+                         "images of 16x16 pixels, 20 classes)"}.get(profile.dataset, "CIFAR-100")
+    return (f"a ResNet-{profile.depth} on {data}, {profile.fp_epochs} full-precision epochs and "
+            f"{profile.epochs} epoch{'s' if profile.epochs != 1 else ''} per quantized run")
+
+
+def model_and_data(profile: Profile) -> str:
+    """Short form for titles: ``ResNet-32 on CIFAR-100`` or ``ResNet-8 on generated data``."""
+    data = {"synthetic": "generated data", "finegrain": "generated fine-detail data"}.get(
+        profile.dataset, "CIFAR-100")
+    return f"ResNet-{profile.depth} on {data}"
+
+
+def how_to_compare(profile: Profile) -> str:
+    """What a reader may compare with the paper in this profile."""
+    if profile.dataset == "synthetic":
+        return (f"This run is {describe_setting(profile)}: it shows that every step works, "
+                "not what the paper measured. Compare directions and shapes, not the numbers, "
+                "and expect even the directions to be noisy: a run this short changes the "
+                "network little.")
+    if profile.dataset == "finegrain":
+        return (f"This run is {describe_setting(profile)}: a task small enough for a laptop "
+                "and hard enough that bit width matters, not CIFAR-100. Compare directions "
+                "(which rows are ahead, and whether the interval excludes zero) with the "
+                "paper's, not the values.")
+    if not profile.comparable:
+        return (f"This run is {describe_setting(profile)} instead of 350: expect every number "
+                "below the paper's, and compare the ordering of the rows with the paper's.")
+    return (f"This run is {describe_setting(profile)}: the paper's setting. Differences of a "
+            "few tenths of a point are run-to-run noise (the paper reports one run each).")
+
+
+def about_the_data(profile: Profile) -> str:
+    """Markdown for notebook 3: what this profile's data are and why."""
+    if profile.dataset == "finegrain":
+        return (
+            "**The data (laptop profile).** No real image set small enough for a laptop ships "
+            "offline with this project's dependencies, so the images are generated "
+            "(`uniq.data.finegrain`, the same for every seed): 20 classes in 10 pairs, "
+            f"{profile.synthetic_train:,} training and {profile.synthetic_test:,} test images "
+            "of 16x16 pixels. The two classes of a pair share a smooth colour template and "
+            "differ only in a fine pattern of 2x2-pixel cells, under strong pixel noise, "
+            "random shifts and contrast. Colour tells the pair; only the fine pattern tells "
+            "the class, and fine detail is what coarse quantization loses, so the bit width "
+            "shows in the accuracy.\n\n"
+            "**How the profile was chosen.** Its size (images, epochs, seeds) was tuned on three "
+            "things only: full-precision top-1 between 60% and 90% (neither saturated nor "
+            "chance), the seed-to-seed standard deviation of top-1 (pooled over Table 4's "
+            "cells; notebook 4 prints it), and how far training moves the 2-bit weights from "
+            "their full-precision start (notebook 4). It was fixed before any claim's verdict "
+            "was looked at, so that it can show an effect, never to make a claim hold.")
+    if profile.dataset == "synthetic":
+        return ("**The data (smoke profile).** Generated stand-ins for CIFAR-100 "
+                f"(`uniq.data.synthetic_cifar`): {profile.synthetic_train:,} training images of "
+                "100 smooth colour templates under noise. The profile exists to run every step "
+                "in minutes; its numbers show that the pipeline works, not the paper's effects.")
+    return ("**The data.** CIFAR-100: 50,000 training and 10,000 test images of 32x32 pixels "
+            "in 100 classes, read from `data/` (checked against the official checksums).")
+
+
+COLUMN_MEANINGS = {
+    "experiment": "the cell's key (the claims file names cells by it)",
+    "n": "how many seeds the cell has (one run per seed)",
+    "top1": "the reproduced top-1 accuracy (%), the mean over seeds of the accuracy `diff` "
+            "compares",
+    "top1_final": "top-1 (%) after the last epoch, mean over seeds",
+    "top1_final_sd": "its standard deviation over seeds (empty with one seed)",
+    "top1_best": "the best top-1 (%) over all epochs, mean over seeds: what the authors' code "
+                 "reports (an optimistic choice: it picks the epoch by the test set)",
+    "top1_best_sd": "its standard deviation over seeds",
+    "paper_top1": "the number printed in the paper for the same setting (empty where the paper "
+                  "has none)",
+    "diff": "reproduced minus paper, in points; negative means below the paper",
+    "diff_ci_low": "lower end of the 95% confidence interval of `diff` over seeds (empty with "
+                   "one seed)",
+    "diff_ci_high": "upper end of that interval: if it lies below 0, the cell is below the "
+                    "paper beyond seed noise",
+    "diff_uses": "which accuracy `diff` compares (`top1_final` unless REPORTED=top1_best)",
+    "comparable_to_paper": "True only when the profile is the paper's setting (real CIFAR-100, "
+                           "ResNet-32, 350 epochs); otherwise `diff` is not a verdict",
+    "run": "the folder under `runs/` with the run's config, metrics and checkpoint",
+    "runs": "the run folders (one per seed) under `runs/cifar/`",
+    "precision": "the arithmetic the runs used (fp32 is the paper's)",
+    "dataset": "the data the run actually used",
+    "profile": "the reproduction profile that produced the row",
+}
+
+
+def column_guide(df: pd.DataFrame) -> str:
+    """Markdown: what each result column of ``df`` means (only the columns it has)."""
+    lines = [f"- `{c}`: {COLUMN_MEANINGS[c]}" for c in COLUMN_MEANINGS if c in df.columns]
+    return "**The columns.**\n" + "\n".join(lines)

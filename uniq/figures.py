@@ -340,3 +340,87 @@ def data_samples(data, classes: int = 6, per_class: int = 5, title: str | None =
                  "classes")
     fig.tight_layout()
     return fig
+
+
+# --- the claims' chart (notebook 8) ---------------------------------------------------------
+
+
+VERDICT_COLOURS = {"holds": "tab:green", "contradicted": "tab:red",
+                   "inconclusive": "tab:orange", "not run": "0.6", "not comparable": "0.4"}
+METRIC_UNITS = {"top1": "top-1 difference (points)", "weight_skew": "weight skewness",
+                "sqnr_gap": "SQNR gap difference (dB)"}
+
+
+def _family(metric: str) -> str:
+    if "skew" in metric:  # skewness, its change from the start, and its size: one unit
+        return "weight_skew"
+    for prefix in METRIC_UNITS:
+        if metric.startswith(prefix):
+            return prefix
+    return metric
+
+
+def _colour(result: str) -> str:
+    return next((c for v, c in VERDICT_COLOURS.items() if result.startswith(v)), "0.3")
+
+
+def plot_claims(table: pd.DataFrame, width: float = 9.0):
+    """Effect and its interval per claim (horizontal bars), the paper's effect (black diamond),
+    zero, the ``match`` margin (shaded), the verdict as colour and label. One panel per kind of
+    metric (top-1 points, skewness, dB), since their units differ."""
+    from matplotlib.figure import Figure  # not pyplot: no backend chosen, nothing shown twice
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    table = table.reset_index(drop=True)
+    families = list(dict.fromkeys(_family(m) for m in table["metric"]))
+    if not families:
+        raise ValueError("plot_claims: the claims table is empty")
+    sizes = [int((table["metric"].map(_family) == f).sum()) for f in families]
+    fig = Figure(figsize=(width, 0.32 * sum(sizes) + 1.2 * len(families) + 0.6),
+                 layout="constrained")
+    axes = fig.subplots(len(families), 1, squeeze=False,
+                        gridspec_kw={"height_ratios": [s + 1.5 for s in sizes]})
+    for ax, family in zip(axes[:, 0], families, strict=True):
+        part = table[table["metric"].map(_family) == family].reset_index(drop=True)
+        y = np.arange(len(part))[::-1].astype(float)
+        ax.axvline(0, color="0.3", lw=0.8)
+        spans = [0.0]
+        for yi, (_, row) in zip(y, part.iterrows(), strict=True):
+            colour = _colour(row["verdict"])
+            if row["direction"] == "match" and np.isfinite(row["margin"]):
+                ax.fill_betweenx([yi - 0.35, yi + 0.35], -row["margin"], row["margin"],
+                                 color="tab:blue", alpha=0.12, lw=0)
+                spans += [-row["margin"], row["margin"]]
+            if np.isfinite(row["effect"]):
+                ax.plot(row["effect"], yi, "o", color=colour, ms=6)
+                spans.append(row["effect"])
+            if np.isfinite(row["ci_low"]) and np.isfinite(row["ci_high"]):
+                ax.hlines(yi, row["ci_low"], row["ci_high"], color=colour, lw=2.2)
+                spans += [row["ci_low"], row["ci_high"]]
+            if np.isfinite(row["paper_effect"]):
+                ax.plot(row["paper_effect"], yi, "D", color="black", ms=5, mfc="none")
+                spans.append(row["paper_effect"])
+        lo, hi = float(np.nanmin(spans)), float(np.nanmax(spans))
+        pad = 0.08 * (hi - lo) if hi > lo else 1.0
+        ax.set_xlim(lo - pad, hi + pad)
+        ax.set_ylim(-0.8, len(part) - 0.2)
+        ax.set_yticks(y)
+        ax.set_yticklabels([str(i) for i in part["id"]], fontsize=8)
+        for yi, (_, row) in zip(y, part.iterrows(), strict=True):
+            ax.annotate(row["verdict"], xy=(1.01, yi), xycoords=("axes fraction", "data"),
+                        va="center", fontsize=8, color=_colour(row["verdict"]))
+        one_sample = (part["b"].fillna("").astype(str).str.strip() == "").any()
+        ax.set_xlabel(METRIC_UNITS.get(family, family)
+                      + (" (a - b, or a for one-sample claims)" if one_sample else " (a - b)"),
+                      fontsize=9)
+        ax.tick_params(axis="x", labelsize=8)
+        ax.grid(axis="x", alpha=0.3)
+    handles = [Line2D([], [], color=c, marker="o", lw=2, label=v)
+               for v, c in VERDICT_COLOURS.items()]
+    handles.append(Line2D([], [], color="black", marker="D", mfc="none", lw=0,
+                          label="paper's effect"))
+    handles.append(Patch(color="tab:blue", alpha=0.12, label="match margin"))
+    axes[0, 0].legend(handles=handles, fontsize=7, ncol=len(handles), loc="lower left",
+                      bbox_to_anchor=(0, 1.01), frameon=False)
+    return fig

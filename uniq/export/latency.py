@@ -21,7 +21,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .export import INPUT_NAME, OPSET, OUTPUT_NAME, onnx_session, require
+from ..convert import calibrate, quantize_model
+from ..models import adaptive_pooling, imagenet_model, preact_resnet
+from .graph import INPUT_NAME, OPSET, OUTPUT_NAME, onnx_session, require
 
 NETWORKS = {"resnet32": 32, "preresnet18": 224}  # name -> image size
 
@@ -33,8 +35,6 @@ def benchmark_networks(name: str, bits: int = 2, seed: int = 0) -> tuple[nn.Modu
     weights with non-trivial BatchNorm statistics, converted at ``bits`` under the paper's
     layer policy (kernel-wise weight steps) and calibrated on random images. Latency does not
     depend on the values, only on the shapes and the graph."""
-    from .convert import calibrate, quantize_model
-    from .models import adaptive_pooling, imagenet_model, preact_resnet
 
     if name not in NETWORKS:
         raise ValueError(f"unknown network {name!r}; choose from {list(NETWORKS)}")

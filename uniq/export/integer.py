@@ -25,8 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .functional import MIN_STEP, lsq_range
-from .modules import QConv2d, QLinear, Quantizer, quantizers
+from ..convert import quantize_model
+from ..functional import MIN_STEP, lsq_range
+from ..modules import QConv2d, QLinear, Quantizer, quantizers
 
 # --- one quantizer --------------------------------------------------------------------------
 
@@ -451,7 +452,6 @@ def size_table(fp_model: nn.Module, bits: list[int], example_input: torch.Tensor
     policy; ``convert`` goes to ``uniq.quantize_model``), against float32."""
     import pandas as pd
 
-    from .convert import quantize_model
 
     init = convert.pop("init", 0.1)  # sizes do not depend on the steps: skip the MSE search
     rows = []
