@@ -107,22 +107,6 @@ def test_n_equal_one_gives_an_effect_but_no_interval():
     assert one["effect"] == pytest.approx(0.3) and np.isnan(one["low"])
 
 
-def test_skewness_closed_forms():
-    # Two-point distribution, value 1 with probability p, 0 otherwise: (1 - 2p) / sqrt(p(1 - p)).
-    for ones, n in ((1, 10), (3, 10), (5, 10), (9, 10)):
-        p = ones / n
-        x = np.r_[np.ones(ones), np.zeros(n - ones)]
-        assert C.sample_skewness(x) == pytest.approx((1 - 2 * p) / math.sqrt(p * (1 - p)))
-    rng = np.random.default_rng(3)
-    w = rng.standard_normal(1001) ** 2  # any sample: the float64 moment formula m3 / m2^1.5
-    d = w - w.mean()
-    assert C.sample_skewness(w) == pytest.approx((d**3).mean() / (d**2).mean() ** 1.5, rel=1e-12)
-    assert C.sample_skewness(-w) == pytest.approx(-C.sample_skewness(w), rel=1e-12)
-    assert C.sample_skewness(w.reshape(7, 11, 13)) == pytest.approx(C.sample_skewness(w))
-    with pytest.raises(ValueError, match="at least 3"):
-        C.sample_skewness([1.0, 2.0])
-
-
 # ---------------------------------------------------------------- seeds needed
 
 @pytest.mark.parametrize("d,n_cohen", [(0.5, 64), (0.8, 26), (1.0, 17)])

@@ -1,6 +1,7 @@
 """Data: the real CIFAR-100 reader on files in the real format, the synthetic set, augmentation."""
 
 import hashlib
+import io
 import pickle
 import pickletools
 import tarfile
@@ -49,6 +50,20 @@ def test_cifar100_extracts_the_archive(tmp_path):
     with tarfile.open(root / "cifar-100-python.tar.gz", "w:gz") as tar:
         tar.add(src / "cifar-100-python", arcname="cifar-100-python")
     assert len(D.cifar100(root, train=True, download=False, verify_checksums=False)) == 20
+
+
+@pytest.mark.parametrize("member", ["../escaped", "/tmp/absolute", "cifar-100-python/link"])
+def test_an_archive_member_outside_its_folder_or_a_link_is_refused(tmp_path, member):
+    root = tmp_path / "data"
+    root.mkdir()
+    info = tarfile.TarInfo(member)
+    if member.endswith("link"):
+        info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    with tarfile.open(root / "cifar-100-python.tar.gz", "w:gz") as tar:
+        tar.addfile(info, io.BytesIO(b""))
+    with pytest.raises(D.UnsafeDataFileError, match="nothing was extracted"):
+        D.cifar100(root, train=True, download=False, verify_checksums=False)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["cifar-100-python.tar.gz", "data"]
 
 
 def test_missing_cifar100_offline_is_a_clear_error(tmp_path):

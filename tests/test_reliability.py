@@ -42,7 +42,7 @@ def test_two_processes_on_one_run_train_it_once(tmp_path):
     metrics = (run_dir / "metrics.csv").read_text().splitlines()
     assert metrics[0].startswith("epoch") and len(metrics) == 3  # header + 2 epochs, once each
     assert not list(run_dir.glob(".*.tmp"))
-    assert json.loads((run_dir / ".lock").read_text() or "{}") == {}  # released
+    assert not (run_dir / ".holder").exists()  # released
 
 
 def test_a_stale_lock_of_a_dead_process_is_recovered(tmp_path, capsys):
@@ -51,8 +51,8 @@ def test_a_stale_lock_of_a_dead_process_is_recovered(tmp_path, capsys):
     run_dir.mkdir(parents=True)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    (run_dir / ".lock").write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid,
-                                               "since": "2026-01-01T00:00:00"}))
+    (run_dir / ".holder").write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid,
+                                                 "since": "2026-01-01T00:00:00"}))
     run = E.fit(cfg)
     assert run.finished
     assert f"recovered a stale lock left by pid {dead.pid}" in capsys.readouterr().out
@@ -68,6 +68,16 @@ def test_a_busy_run_waits_by_default_or_stops_with_no_wait(tmp_path):
                                               "wait": False}))
         assert out.returncode == 4 and "being trained by" in out.stderr
         assert "Traceback" not in out.stderr
+
+
+def test_the_run_lock_is_released_when_its_block_raises(tmp_path):
+    quiet = {"say": lambda *a, **k: None}
+    with pytest.raises(KeyError), RunLock(tmp_path, **quiet):
+        assert RunLock(tmp_path).holder()["pid"] == os.getpid()
+        raise KeyError
+    assert not (tmp_path / ".holder").exists()
+    with RunLock(tmp_path, wait=False, **quiet):  # free again: no RunBusy
+        pass
 
 
 def _stamps(run_dir: Path) -> dict:
@@ -218,9 +228,9 @@ def test_lock_waiter_returns_the_finished_run(tmp_path):
     cfg = tiny(tmp_path, epochs=1)
     first = subprocess.Popen(_cmd(tmp_path / "runs", bits=32, epochs=1), env=env(),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lock = cfg.run_dir() / ".lock"
+    holder = cfg.run_dir() / ".holder"
     deadline = time.time() + 120
-    while time.time() < deadline and not (lock.exists() and lock.read_text()):
+    while time.time() < deadline and not holder.exists():
         time.sleep(0.05)
     second = uniq_cli("train", *cli_args(**{**TINY, "epochs": 1,
                                             "runs_dir": tmp_path / "runs"}))

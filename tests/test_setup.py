@@ -13,8 +13,6 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from uniq import environment_lock as E
-
 try:
     import tomllib
 except ImportError:  # Python 3.10: tomli is in the lock there
@@ -29,8 +27,12 @@ LINUX_311 = {"sys_platform": "linux", "platform_system": "Linux", "platform_mach
 def _load_tool(name):
     spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # a dataclass looks its module up there
     spec.loader.exec_module(module)
     return module
+
+
+E = _load_tool("environment_lock")  # development tooling, not part of the package
 
 
 def _project_requirements():
@@ -148,6 +150,21 @@ def test_lock_differences_runtime_scope_ignores_the_tools(monkeypatch):
     ]
     with pytest.raises(ValueError, match="scope"):
         E.lock_differences(scope="some")
+
+
+def test_provenance_records_the_tools_lock_hash_and_versions_the_lock_pins_nowhere(tmp_path,
+                                                                                   capsys):
+    from uniq.reproduce import _lock
+
+    assert _lock()["hash"] == E.lock_hash()
+    lock = tmp_path / "requirements.lock"
+    numpy, torch = importlib.metadata.version("numpy"), importlib.metadata.version("torch")
+    lock.write_text(f"numpy==0.0.1 ; python_version < '3'\nnumpy=={numpy}\n"
+                    f"torch=={torch.split('+')[0]}\nscipy==0.0.1\n    # via x\n")
+    scipy = importlib.metadata.version("scipy")
+    assert _lock(lock) == {"hash": E.lock_hash(lock), "differences": [
+        f"scipy {scipy} is installed (locked: 0.0.1)"]}
+    assert "warning: scipy" in capsys.readouterr().err
 
 
 def test_lock_lines_for_other_platforms_do_not_count(tmp_path, monkeypatch):

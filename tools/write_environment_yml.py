@@ -1,11 +1,6 @@
 """Write environment.yml from requirements.lock (run by `make lock`; a test checks they agree)."""
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from uniq.environment_lock import REPO_ROOT, environment_yml  # noqa: E402
+from environment_lock import REPO_ROOT, environment_yml  # tools/ is on sys.path when run
 
 if __name__ == "__main__":
     target = REPO_ROOT / "environment.yml"

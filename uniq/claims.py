@@ -266,17 +266,6 @@ def verdict(low: float, high: float, direction: str, margin: float | None = None
     return "inconclusive"
 
 
-def sample_skewness(values) -> float:
-    """Sample skewness ``m3 / m2**1.5`` (central moments, population normalisation), in float64:
-    ``scipy.stats.skew(x)``. Accepts numpy arrays, lists or torch tensors (flattened)."""
-    if hasattr(values, "detach"):
-        values = values.detach().cpu().double().numpy()
-    x = np.asarray(values, dtype=np.float64).ravel()
-    if x.size < 3:
-        raise ValueError(f"skewness needs at least 3 values, got {x.size}")
-    return float(stats.skew(x, bias=True))
-
-
 def students_power(n: int, effect: float, sd: float, alpha: float = 0.05) -> float:
     """Power of the two-sided equal-variance (Student) t-test at level ``alpha``, ``n`` seeds per
     side, true difference ``effect``, seed-to-seed ``sd``: ``P(|T| > t_crit)`` for ``T``

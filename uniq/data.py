@@ -12,11 +12,11 @@ give the same augmentation distribution (a test checks it).
 from __future__ import annotations
 
 import gzip
-import hashlib
 import importlib
 import math
 import pickle
 import tarfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torchvision
 from torch.utils.data import DataLoader, Dataset
+from torchvision.datasets.utils import calculate_md5, extract_archive
 
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
@@ -151,17 +152,9 @@ def load_cifar_pickle(path: str | Path):
                              f"release again ({CIFAR100_URL})") from err
 
 
-def md5_of(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with Path(path).open("rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verify_md5(path: str | Path, expected: str, remedy: str) -> None:
     """Raise :class:`DataChecksumError` naming the file, both checksums and ``remedy``."""
-    actual = md5_of(path)
+    actual = calculate_md5(path)
     if actual != expected:
         raise DataChecksumError(
             f"{path}: MD5 {actual} is not the official CIFAR-100 checksum {expected}; the file "
@@ -170,30 +163,22 @@ def verify_md5(path: str | Path, expected: str, remedy: str) -> None:
 
 
 def _extract(archive: Path, root: Path) -> None:
-    import zlib
-
+    """torchvision's ``extract_archive``, once every member is known to be a plain file or
+    folder inside ``root``: torchvision extracts with no tar filter before Python 3.14."""
     try:
-        _extract_checked(archive, root)
+        with tarfile.open(archive) as tar:  # reading every header also finds a corrupt archive
+            unsafe = [m.name for m in tar if not (m.isfile() or m.isdir())
+                      or root.resolve() not in (root / m.name).resolve().parents]
+        if unsafe:
+            raise UnsafeDataFileError(f"{archive}: member {unsafe[0]!r} is not a plain file "
+                                      "inside the archive's folder; nothing was extracted")
+        extract_archive(archive, root)
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as err:
         raise ValueError(
             f"{archive} cannot be extracted ({type(err).__name__}: "
             f"{(str(err).splitlines() or [''])[0].rstrip(':')}); it is corrupt or "
             f"incomplete. Delete it (and any partial {root / 'cifar-100-python'}) and download "
             f"it again ({CIFAR100_URL}), or keep the checksum check on (--verify-data)") from None
-
-
-def _extract_checked(archive: Path, root: Path) -> None:
-    with tarfile.open(archive) as tar:
-        if hasattr(tarfile, "data_filter"):  # Python >= 3.10.12 / 3.11.4
-            tar.extractall(root, filter="data")
-        else:  # older: refuse what the data filter would (absolute paths, .., links)
-            for member in tar.getmembers():
-                target = (root / member.name).resolve()
-                if not (member.isfile() or member.isdir()) or root.resolve() not in (
-                        target, *target.parents):
-                    raise UnsafeDataFileError(f"{archive}: member {member.name!r} is not a "
-                                              f"plain file inside the archive's folder")
-            tar.extractall(root)
 
 
 def cifar100(root: str | Path = "data", train: bool = True, download: bool = True,

@@ -22,6 +22,8 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+from jinja2 import Environment, PackageLoader
+from markupsafe import Markup
 
 from .paths import REPO
 from .repro_summary import FIDELITY, summary_html, summary_markdown
@@ -58,53 +60,12 @@ FIGURE_CAPTIONS = {
                "numbers, and reproduced UniQ points if any).",
 }
 
-STYLE = """
-:root { color-scheme: light; --fg: #1d1d1f; --muted: #5f6368; --line: #d0d4d9;
-        --paper: #fff4d6; --warn: #fdecea; --ok: #e6f4ea; }
-* { box-sizing: border-box; }
-body { font: 16px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: var(--fg);
-       max-width: 62rem; margin: 0 auto; padding: 0.75rem; }
-h1 { font-size: 1.5rem; line-height: 1.25; } h2 { font-size: 1.25rem; margin-top: 2rem;
-  border-bottom: 1px solid var(--line); } h3 { font-size: 1.05rem; }
-a { color: #1a5fb4; }
-.caveat { background: var(--warn); border-left: 4px solid #c5221f; padding: 0.5rem 0.75rem; }
-.caveat.comparable { background: var(--ok); border-left-color: #188038; }
-.note { color: var(--muted); font-size: 0.9rem; }
-.scroll { overflow-x: auto; -webkit-overflow-scrolling: touch; max-width: 100%; }
-table { border-collapse: collapse; font-size: 0.85rem; margin: 0.25rem 0 0.5rem; }
-th, td { border: 1px solid var(--line); padding: 0.2rem 0.45rem; white-space: nowrap; }
-th { background: #f1f3f4; position: sticky; top: 0; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-th.paper, td.paper { background: var(--paper); }
-td.neg { color: #b3261e; } td.pos { color: #137333; }
-img { max-width: 100%; height: auto; border: 1px solid var(--line); }
-figure { margin: 1rem 0; } figcaption { font-size: 0.9rem; color: var(--muted); }
-pre { overflow-x: auto; background: #f6f8fa; padding: 0.5rem; font-size: 0.8rem; }
-nav ul { padding-left: 1.2rem; } .failed { color: #b3261e; font-weight: 600; }
-"""
-
-NOTEBOOK_STYLE = STYLE + """
-body { max-width: 56rem; }
-.prompt { display: none; }
-.cell { margin: 0.6rem 0; }
-.input_area { background: #f6f8fa; border: 1px solid var(--line); border-radius: 4px; }
-.input_area pre { background: none; margin: 0; }
-.output_area pre { background: none; padding: 0.25rem 0.5rem; margin: 0; }
-.output_stderr { background: var(--warn); }
-.output_subarea, .rendered_html { overflow-x: auto; max-width: 100%; }
-.output_html table { font-size: 0.8rem; }
-.anchor-link { display: none; }
-.ansi-red-fg { color: #b3261e; } .ansi-green-fg { color: #137333; }
-.ansi-cyan-fg { color: #007b83; } .ansi-blue-fg { color: #1a5fb4; }
-.ansi-yellow-fg { color: #8a6d00; } .ansi-bold { font-weight: bold; }
-"""
-
-
-def _page(title: str, body: str, style: str = STYLE) -> str:
-    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
-            f"<title>{html.escape(title)}</title>\n<style>{style}</style>\n</head>\n"
-            f"<body>\n{body}\n</body>\n</html>\n")
+# The pages are jinja2 templates in uniq/templates/ (package data): the HTML and CSS read, edit
+# and diff as what they are. Autoescape is on, so every value from a results folder (CSV cells,
+# captions, provenance, error messages) is text, never markup; only HTML that this package or
+# nbconvert built goes in, as ``Markup``.
+PAGES = Environment(loader=PackageLoader("uniq"), autoescape=True, trim_blocks=True,
+                    keep_trailing_newline=True)
 
 
 # --- tables ---------------------------------------------------------------------------------
@@ -136,10 +97,11 @@ def beside_the_paper(df: pd.DataFrame) -> pd.DataFrame:
     return df[columns]
 
 
-def _cell(value, column: str) -> str:
-    classes = []
-    if _paper_column(column) is not None:
-        classes.append("paper")
+def _cell(value, column: str) -> tuple[str, str]:
+    """A cell's text and its classes: paper columns shaded, numbers right-aligned, ``diff``
+    coloured by sign."""
+    value = value.item() if hasattr(value, "item") else value  # numpy scalars from object columns
+    classes = ["paper"] if _paper_column(column) is not None else []
     if isinstance(value, bool) or value is None:
         text = "" if value is None else str(value)
     elif isinstance(value, int | float):
@@ -152,40 +114,21 @@ def _cell(value, column: str) -> str:
                 classes.append("neg" if value < 0 else "pos")
     else:
         text = str(value)
-    attr = f' class="{" ".join(classes)}"' if classes else ""
-    return f"<td{attr}>{html.escape(text)}</td>"
+    return text, " ".join(classes)
 
 
-def table_html(df: pd.DataFrame) -> str:
-    """A plain HTML table (paper columns shaded), wrapped to scroll sideways on a phone."""
-    df = beside_the_paper(df)
-    head = "".join(f'<th{" class=paper" if _paper_column(c) is not None else ""}>'
-                   f"{html.escape(str(c))}</th>" for c in df.columns)
-    rows = []
-    for record in df.astype(object).itertuples(index=False):
-        rows.append("<tr>" + "".join(_cell(_plain(v), c) for v, c in zip(record, df.columns,
-                                                                            strict=True))
-                    + "</tr>")
-    return (f'<div class="scroll"><table><thead><tr>{head}</tr></thead>'
-            f'<tbody>{"".join(rows)}</tbody></table></div>')
-
-
-def _plain(value):
-    """numpy scalars as Python ones (pandas hands them out from object columns)."""
-    return value.item() if hasattr(value, "item") else value
-
-
-def _markdown_title_and_note(md: Path) -> tuple[str | None, str | None]:
-    """The ``# title`` and ``> note`` lines that ``experiments.save_table`` writes."""
-    if not md.exists():
-        return None, None
-    title = note = None
-    for line in md.read_text().splitlines():
-        if title is None and line.startswith("# "):
-            title = line[2:].strip()
-        elif note is None and line.startswith("> "):
-            note = line[2:].strip()
-    return title, note
+def _table(path: Path) -> dict:
+    """One CSV of the results folder with its ``# title`` and ``> note`` from the ``.md`` that
+    ``study.save_table`` writes beside it."""
+    md = path.with_suffix(".md")
+    lines = md.read_text().splitlines() if md.exists() else []
+    title = next((line[2:].strip() for line in lines if line.startswith("# ")), path.stem)
+    note = next((line[2:].strip() for line in lines if line.startswith("> ")), None)
+    df = beside_the_paper(pd.read_csv(path))
+    rows = [[_cell(v, c) for v, c in zip(r, df.columns, strict=True)]
+            for r in df.astype(object).itertuples(index=False)]
+    return {"stem": path.stem, "title": title, "note": note, "md": md.exists(), "rows": rows,
+            "head": [(str(c), _paper_column(c) is not None) for c in df.columns]}
 
 
 # --- notebooks ------------------------------------------------------------------------------
@@ -221,30 +164,20 @@ def render_notebook(executed: Path, page: Path, notebook_dir: Path = NOTEBOOKS_D
     exporter.log.setLevel(logging.ERROR)  # not "alternative text is missing" once per figure
     body, _ = exporter.from_notebook_node(book)
     page.parent.mkdir(parents=True, exist_ok=True)
-    body = _relink(body, page.parent, notebook_dir)
-    back = os.path.relpath(page.parent.parent / "index.html", page.parent).replace(os.sep, "/")
-    header = (f'<p><a href="{back}">&larr; results report</a> · '
-              f'<a href="{html.escape(os.path.relpath(executed, page.parent))}">'
-              f"{html.escape(executed.name)}</a> (the executed notebook)</p>")
     pygments_css = HtmlFormatter(style="default").get_style_defs(".highlight")
-    page.write_text(_page(executed.stem, header + body, NOTEBOOK_STYLE + pygments_css))
+    page.write_text(PAGES.get_template("notebook.html").render(
+        pygments=Markup(pygments_css), title=executed.stem, name=executed.name,
+        body=Markup(_relink(body, page.parent, notebook_dir)),
+        back=os.path.relpath(page.parent.parent / "index.html", page.parent).replace(os.sep, "/"),
+        ipynb=os.path.relpath(executed, page.parent)))
     return page
 
 
 # --- the report -----------------------------------------------------------------------------
 
 
-def _section_of(stem: str) -> str | None:
-    for number, _, prefixes in SECTIONS:
-        if any(stem.startswith(p) for p in prefixes):
-            return number
-    return None
-
-
-def _provenance_html(p: dict) -> str:
-    git = p.get("git", {})
-    device = p.get("device", {})
-    versions = p.get("versions", {})
+def _provenance_rows(p: dict) -> list[tuple[str, str]]:
+    git, device, versions = p.get("git", {}), p.get("device", {}), p.get("versions", {})
     rows = [
         ("profile", p.get("profile")), ("dataset", p.get("dataset")),
         ("git commit", f"{git.get('commit')}"
@@ -254,12 +187,7 @@ def _provenance_html(p: dict) -> str:
         ("versions", ", ".join(f"{k} {v}" for k, v in versions.items())),
         ("command", p.get("command")),
     ]
-    body = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
-                   for k, v in rows if v not in (None, ""))
-    full = html.escape(json.dumps(p, indent=2, default=str))
-    return (f'<div class="scroll"><table>{body}</table></div>'
-            f'<details><summary>everything in <a href="provenance.json">provenance.json</a>'
-            f"</summary><pre>{full}</pre></details>")
+    return [(k, str(v)) for k, v in rows if v not in (None, "")]
 
 
 def build_report(results_dir: str | Path, notebook_dir: str | Path = NOTEBOOKS_DIR,
@@ -274,18 +202,16 @@ def build_report(results_dir: str | Path, notebook_dir: str | Path = NOTEBOOKS_D
     provenance_path = out / "provenance.json"
     provenance = json.loads(provenance_path.read_text()) if provenance_path.exists() else {}
     profile = provenance.get("profile", out.name)
-    caveat = provenance.get("caveat")
-    comparable = bool(provenance.get("comparable_to_paper"))
 
     executed = sorted(out.glob("[0-9][0-9]_*.ipynb"))
     statuses = provenance.get("notebooks", {})
     failures = {f["notebook"]: f for f in provenance.get("failures", [])}
-    pages = {}
+    pages = set()
     render_error = None
     for nb in executed:
         try:
-            pages[nb.name] = render_notebook(nb, out / "html" / f"{nb.stem}.html",
-                                             Path(notebook_dir))
+            render_notebook(nb, out / "html" / f"{nb.stem}.html", Path(notebook_dir))
+            pages.add(nb.stem)
         except ImportError as err:  # nbconvert missing: the page still lists the notebooks
             render_error = (f"notebooks not rendered: {err} (pip install nbconvert, then "
                             f"python -m uniq.report {out})")
@@ -294,91 +220,36 @@ def build_report(results_dir: str | Path, notebook_dir: str | Path = NOTEBOOKS_D
     # in the order the notebooks wrote them (a notebook's tables and figures follow its cells)
     results = sorted((p for p in [*out.glob("*.csv"), *out.glob("*.png")]),
                      key=lambda p: (p.stat().st_mtime, p.name))
-    by_section: dict[str | None, list[str]] = {}
+    blocks: dict[str | None, list[dict]] = {}
     for path in results:
-        block = _table_block(path) if path.suffix == ".csv" else _figure_block(path)
-        by_section.setdefault(_section_of(path.stem), []).append(block)
+        number = next((n for n, _, prefixes in SECTIONS
+                       if any(path.stem.startswith(p) for p in prefixes)), None)
+        caption = FIGURE_CAPTIONS.get(path.stem, path.stem)
+        blocks.setdefault(number, []).append(
+            _table(path) if path.suffix == ".csv" else
+            {"stem": path.stem, "name": path.name, "caption": caption})
+    sections = [{"id": f"nb{number}", "heading": f"{number}. {title}", "blocks": blocks[number],
+                 "page": next((nb.stem for nb in executed if nb.name.startswith(number)
+                               and nb.stem in pages), None)}
+                for number, title, _ in SECTIONS if blocks.get(number)]
+    if blocks.get(None):
+        sections.append({"id": "other", "heading": "Other results", "blocks": blocks[None]})
 
-    parts = [f"<h1>UniQ reproduction: the <code>{html.escape(profile)}</code> profile</h1>"]
-    if caveat:
-        parts.append(f'<p class="caveat{" comparable" if comparable else ""}">'
-                     f"{html.escape(caveat)}</p>")
     # first, the reproducibility summary (also as Markdown, to quote elsewhere)
     (out / "reproducibility_summary.md").write_text(summary_markdown(out, fidelity))
-    parts.append(summary_html(out, fidelity).replace(
+    summary = Markup(summary_html(out, fidelity).replace(
         "</h2>", ' <a class="note" href="reproducibility_summary.md">(md)</a></h2>', 1))
-    parts.append('<p class="note">Every table shows the reproduced numbers with the paper\'s '
-                 "beside them (shaded columns) and the difference; each heading links to the "
-                 "CSV. The notebooks explain how to read each table and figure.</p>")
-    nav = ['<nav><h2 id="contents">Contents</h2><ul>'
-           '<li><a href="#reproducibility-summary">Reproducibility summary</a></li>']
-    for number, title, _ in SECTIONS:
-        if by_section.get(number):
-            nav.append(f'<li><a href="#nb{number}">{number}. {html.escape(title)}</a></li>')
-    if by_section.get(None):
-        nav.append('<li><a href="#other">Other results</a></li>')
-    nav.append('<li><a href="#notebooks">Executed notebooks</a></li>'
-               '<li><a href="#provenance">Provenance</a></li></ul></nav>')
-    parts.append("".join(nav))
-
-    parts.append('<h2 id="notebooks">Executed notebooks</h2><ul>')
-    for nb in executed:
-        state = statuses.get(nb.name, {})
-        failed = not state.get("ok", True) or nb.name in failures
-        label = ('<span class="failed">failed</span>' if failed
-                 else f"{state['seconds']} s" if "seconds" in state else "")
-        link = (f'<a href="html/{html.escape(nb.stem)}.html">{html.escape(nb.stem)}</a>'
-                if nb.name in pages else html.escape(nb.stem))
-        parts.append(f"<li>{link} ({label}) · <a href=\"{html.escape(nb.name)}\">.ipynb</a>"
-                     "</li>" if label else
-                     f"<li>{link} · <a href=\"{html.escape(nb.name)}\">.ipynb</a></li>")
-    parts.append("</ul>")
-    if render_error:
-        parts.append(f'<p class="failed">{html.escape(render_error)}</p>')
-    for f in failures.values():
-        parts.append(f'<p class="failed">{html.escape(f["notebook"])} failed at cell '
-                     f'{f.get("cell_index")} ({html.escape(str(f.get("first_line", "")))}): '
-                     f'{html.escape(str(f.get("error")))}</p>')
-
-    for number, title, _ in SECTIONS:
-        blocks = by_section.get(number)
-        if not blocks:
-            continue
-        stem = next((nb.stem for nb in executed if nb.name.startswith(number)), None)
-        link = (f' <a class="note" href="html/{html.escape(stem)}.html">(notebook)</a>'
-                if stem and f"{stem}.ipynb" in pages else "")
-        parts.append(f'<h2 id="nb{number}">{number}. {html.escape(title)}{link}</h2>')
-        parts.extend(blocks)
-    if by_section.get(None):
-        parts.append('<h2 id="other">Other results</h2>')
-        parts.extend(by_section[None])
-
-    parts.append('<h2 id="provenance">Provenance</h2>')
-    parts.append(_provenance_html(provenance) if provenance else
-                 '<p class="note">no provenance.json in this folder</p>')
+    notebooks = [{"name": nb.name, "stem": nb.stem, "page": nb.stem in pages,
+                  "failed": not statuses.get(nb.name, {}).get("ok", True) or nb.name in failures,
+                  "seconds": statuses.get(nb.name, {}).get("seconds")} for nb in executed]
     index = out / "index.html"
-    index.write_text(_page(f"UniQ reproduction: {profile}", "\n".join(parts)))
+    index.write_text(PAGES.get_template("index.html").render(
+        title=f"UniQ reproduction: {profile}", profile=profile,
+        caveat=provenance.get("caveat"), comparable=provenance.get("comparable_to_paper"),
+        summary=summary, sections=sections, notebooks=notebooks, render_error=render_error,
+        failures=list(failures.values()), provenance=_provenance_rows(provenance),
+        full=json.dumps(provenance, indent=2, default=str)))
     return index
-
-
-def _table_block(path: Path) -> str:
-    title, note = _markdown_title_and_note(path.with_suffix(".md"))
-    df = pd.read_csv(path)
-    md = path.with_suffix(".md")
-    links = f'<a href="{html.escape(path.name)}">csv</a>'
-    if md.exists():
-        links += f' · <a href="{html.escape(md.name)}">md</a>'
-    return (f'<h3 id="{html.escape(path.stem)}">{html.escape(title or path.stem)} '
-            f'<span class="note">({links})</span></h3>'
-            + (f'<p class="note">{html.escape(note)}</p>' if note else "") + table_html(df))
-
-
-def _figure_block(path: Path) -> str:
-    caption = FIGURE_CAPTIONS.get(path.stem, path.stem)
-    return (f'<figure id="{html.escape(path.stem)}"><a href="{html.escape(path.name)}">'
-            f'<img src="{html.escape(path.name)}" alt="{html.escape(caption)}" '
-            f'loading="lazy"></a><figcaption>{html.escape(caption)} '
-            f"({html.escape(path.name)})</figcaption></figure>")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,9 +10,11 @@ exit code is non-zero if any notebook failed.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -29,19 +31,24 @@ PACKAGES = ("torch", "torchvision", "numpy", "scipy", "pandas", "matplotlib", "p
             "pytorchcv", "onnx", "onnxruntime", "uniq")
 
 
-def _lock() -> dict:
-    """The lock's hash, and how the running environment differs from it (each difference is
-    also printed as a warning: results made outside the lock may not reproduce)."""
-    from .environment_lock import lock_differences, lock_hash
-
-    try:
-        info = {"hash": lock_hash(), "differences": lock_differences()}
-    except FileNotFoundError as err:
-        return {"hash": None, "differences": [], "note": str(err)}
-    for line in info["differences"]:
+def _lock(path: Path = REPO / "requirements.lock") -> dict:
+    """``sha256:`` of the lock (line endings normalised: a CRLF checkout names the same lock),
+    and the recorded packages (``PACKAGES``) installed at a version the lock pins nowhere, each
+    also warned about: results made outside the lock may not reproduce. The full comparison,
+    markers included, is ``python tools/environment_lock.py``."""
+    if not path.is_file():
+        return {"hash": None, "differences": [], "note": f"lock file {path} not found"}
+    text = path.read_bytes().replace(b"\r\n", b"\n")
+    pins: dict[str, set[str]] = {}
+    for name, version in re.findall(r"^([\w.-]+)==([^\s;]+)", text.decode(), re.M):
+        pins.setdefault(re.sub(r"[-_.]+", "-", name).lower(), set()).add(version)
+    differences = [f"{name} {v} is installed (locked: {', '.join(sorted(pins[name]))})"
+                   for name, v in _versions().items() if name in pins and v is not None
+                   and v.split("+")[0] not in pins[name]]  # a local tag (+cpu) is no difference
+    for line in differences:
         print(f"[reproduce] warning: {line}; this environment differs from requirements.lock "
               "(make reproduce uses the locked one)", file=sys.stderr, flush=True)
-    return info
+    return {"hash": "sha256:" + hashlib.sha256(text).hexdigest(), "differences": differences}
 
 
 def notebooks(folder: Path = NOTEBOOKS_DIR) -> list[Path]:

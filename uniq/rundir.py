@@ -2,10 +2,10 @@
 
 * Writes go to a temporary file unique to the process, then ``os.replace``: a reader never sees a
   half-written file, and two processes never write the same temporary file.
-* ``RunLock`` claims a run for one process (``fcntl.flock`` on ``<run>/.lock``, which the kernel
-  releases when the process dies, also on ``kill -9``). The file names the holder's host and pid;
-  a second process waits for the holder (or, with ``wait=False``, stops with a message). A lock
-  file left by a dead process is recovered with a message.
+* ``RunLock`` claims a run for one process (``filelock.FileLock`` on ``<run>/.lock``, an OS lock
+  the kernel releases when the process dies, also on ``kill -9``); ``<run>/.holder`` names the
+  holder's host and pid. A second process waits for the holder (or, with ``wait=False``, stops
+  with a message); a holder file left by a dead process is recovered with a message.
 * ``load_checkpoint``/``load_weights`` use ``torch.load(weights_only=True)`` and ``read_json``
   names the file and the remedy when it is truncated or corrupt.
 """
@@ -13,17 +13,16 @@
 from __future__ import annotations
 
 import csv
-import fcntl
 import json
 import os
 import socket
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock, Timeout
 
 
 class RunBusy(RuntimeError):
@@ -95,54 +94,40 @@ class RunLock:
 
     def __init__(self, run_dir: Path, wait: bool = True, poll_s: float = 2.0,
                  say=print) -> None:
-        self.path = Path(run_dir) / ".lock"
+        run_dir = Path(run_dir)
+        self.lock, self.info = FileLock(run_dir / ".lock"), run_dir / ".holder"
         self.wait, self.poll_s, self.say = wait, poll_s, say
-        self.fd: int | None = None
 
     def holder(self) -> dict:
         try:
-            return json.loads(self.path.read_text() or "{}")
+            return json.loads(self.info.read_text() or "{}")
         except (OSError, json.JSONDecodeError):
             return {}
 
     def __enter__(self) -> RunLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        told = False
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                h = self.holder()
-                who = (f"pid {h.get('pid', '?')} on {h.get('host', '?')} since "
-                       f"{h.get('since', '?')}")
-                if not self.wait:
-                    os.close(fd)
-                    raise RunBusy(
-                        f"{self.path.parent.name} is being trained by {who}; wait for it (the "
-                        "default without --no-wait) or use another --runs-dir") from None
-                if not told:
-                    self.say(f"[{self.path.parent.name}] in progress in another process ({who});"
-                             " waiting for it to finish", flush=True)
-                    told = True
-                time.sleep(self.poll_s)
-        stale = self.holder()
+        name = self.info.parent.name
+        self.info.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.lock.acquire(timeout=0)
+        except Timeout:
+            h = self.holder()
+            who = f"pid {h.get('pid', '?')} on {h.get('host', '?')} since {h.get('since', '?')}"
+            if not self.wait:
+                raise RunBusy(f"{name} is being trained by {who}; wait for it (the default "
+                              "without --no-wait) or use another --runs-dir") from None
+            self.say(f"[{name}] in progress in another process ({who}); waiting for it to "
+                     "finish", flush=True)
+            self.lock.acquire(poll_interval=self.poll_s)
+        stale = self.holder()  # a holder file under a free lock: its process died holding it
         if stale.get("pid"):
-            self.say(f"[{self.path.parent.name}] recovered a stale lock left by pid "
-                     f"{stale['pid']} on {stale.get('host', '?')} (that process ended without "
-                     "releasing it); continuing from the last checkpoint", flush=True)
-        me = {"host": socket.gethostname(), "pid": os.getpid(),
-              "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "command": " ".join(sys.argv)[:300]}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(me).encode(), 0)
-        self.fd = fd
+            self.say(f"[{name}] recovered a stale lock left by pid {stale['pid']} on "
+                     f"{stale.get('host', '?')} (that process ended without releasing it); "
+                     "continuing from the last checkpoint", flush=True)
+        write_json_atomic({"host": socket.gethostname(), "pid": os.getpid(),
+                           "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                           "command": " ".join(sys.argv)[:300]}, self.info)
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.fd is not None:
-            os.ftruncate(self.fd, 0)  # an empty file: released cleanly
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
+        self.info.unlink(missing_ok=True)  # no holder file: released cleanly
+        self.lock.release()

@@ -1,12 +1,14 @@
-"""The locked environment: the lock file's hash, and how the running environment differs from it.
+"""Development tool: the locked environment, and how the running one differs from it.
 
 ``requirements.lock`` (at the repository root, next to ``pyproject.toml``) pins every package
 the project, its notebooks and its tests use, for every supported Python and platform (its lines
 carry environment markers). ``make test`` / ``make reproduce`` install exactly it into ``.venv``.
-The runner records :func:`lock_hash` in ``provenance.json`` and warns with
-:func:`lock_differences` when the running interpreter has other versions (someone who
-``pip install``-ed the package into their own environment gets the compatible ranges of
-``pyproject.toml``, which may well differ).
+``python tools/environment_lock.py`` prints :func:`lock_differences`: how the running
+interpreter's versions differ from the lock (someone who ``pip install``-ed the package into
+their own environment gets the compatible ranges of ``pyproject.toml``, which may well differ).
+``tools/write_environment_yml.py`` writes ``environment.yml`` from it. The runtime
+(``uniq.reproduce``) records the lock's hash itself, with the same normalisation as
+:func:`lock_hash`.
 """
 
 from __future__ import annotations
@@ -227,3 +229,12 @@ def environment_yml(path: str | Path = LOCK_FILE, python: str = CONDA_PYTHON) ->
             lines.append(f"      - '{package.name}=={package.version}{marker}'")
     lines.append("      - -e .")
     return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    import sys
+
+    scope = sys.argv[1] if len(sys.argv) > 1 else "runtime"
+    found = lock_differences(scope=scope)
+    print("\n".join(found) or f"every {scope} package is at its locked version")
+    sys.exit(1 if found else 0)
