@@ -16,7 +16,7 @@ from conftest import TINY, cli_args, env, tiny, uniq_cli
 
 import uniq.runs as RD
 import uniq.train as E
-from uniq.rundir import CorruptFile, RunBusy, RunLock
+from uniq.runs import CorruptFile, RunBusy, RunLock
 
 RUN = {**TINY, "bits": 2, "epochs": 2}
 

@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(command if command in COMMANDS else None).parse_args(argv)
     from .config import TrainingDiverged
-    from .rundir import CorruptFile, RunBusy
+    from .runs import CorruptFile, RunBusy
 
     try:
         return args.func(args)

@@ -31,21 +31,19 @@ from .functional import value_checks
 from .modules import quantizers, step_parameters
 from .paths import resolve_path
 from .recipes import Recipe, default_recipe, get_recipe, lr_at
-from .rundir import (
-    CorruptFile,
-    RunLock,
-    load_checkpoint,
-    save_atomic,
-    write_csv_atomic,
-    write_json_atomic,
-)
 from .runs import (
+    CorruptFile,
     Run,
+    RunLock,
     check_key_scheme,
     finished_run,
+    load_checkpoint,
     load_weights_into,
     remove_stale_temporaries,
+    save_atomic,
     start_weights,
+    write_csv_atomic,
+    write_json_atomic,
 )
 from .state import rng_state, set_rng_state
 from .tasks import TaskData, make_data, make_model
