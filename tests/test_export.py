@@ -585,22 +585,37 @@ def test_latency_table_times_the_float32_and_integer_graphs_of_one_network(tmp_p
     assert "logical CPUs" in L.cpu_name()
 
 
-@pytest.mark.parametrize("config, size", [({"dataset": "cifar100"}, 32),
-                                          ({"dataset": "synthetic"}, 32),
-                                          ({"dataset": "finegrain"}, 16),
-                                          ({"arch": "resnet18", "image_size": 224}, 224)])
-def test_a_run_is_exported_at_the_image_size_it_was_trained_at(tmp_path, config, size):
+def _saved_run(tmp_path, task: str, **fields):
+    """A run directory holding only the config.json of a config (what ``Run.load`` reads)."""
+    from uniq.config import config_class
+
+    cfg = config_class(task)(runs_dir=str(tmp_path), **fields)
+    cfg.run_dir().mkdir(parents=True)
+    (cfg.run_dir() / "config.json").write_text(json.dumps(
+        {"task": task, "config": cfg.to_dict(), "key": cfg.key(), "key_scheme": 2}))
+    return cfg.run_dir()
+
+
+@pytest.mark.parametrize("task, fields, size", [
+    ("cifar", {"dataset": "cifar100"}, 32), ("cifar", {"dataset": "synthetic"}, 32),
+    ("cifar", {"dataset": "finegrain"}, 16),
+    ("imagenet", {"image_size": 224, "pretrained": "none"}, 224),
+    ("imagenet", {"image_size": 64, "pretrained": "none"}, 64)])
+def test_a_run_is_exported_at_the_image_size_it_was_trained_at(tmp_path, task, fields, size):
     from uniq.export.graph import run_input_size
 
-    (tmp_path / "config.json").write_text(json.dumps({"config": config}))
-    assert run_input_size(tmp_path) == size
+    assert run_input_size(_saved_run(tmp_path, task, **fields)) == size
 
 
 @pytest.mark.parametrize("dataset", ["synthetic", "finegrain"])
 def test_the_export_size_of_generated_data_is_the_datas_own(tmp_path, dataset):
+    from uniq.config import CifarConfig
     from uniq.data import finegrain, synthetic_cifar
     from uniq.export.graph import run_input_size
 
-    (tmp_path / "config.json").write_text(json.dumps({"config": {"dataset": dataset}}))
+    cfg = CifarConfig(dataset=dataset, runs_dir=str(tmp_path))
+    cfg.run_dir().mkdir(parents=True)
+    (cfg.run_dir() / "config.json").write_text(json.dumps(
+        {"task": "cifar", "config": cfg.to_dict(), "key": cfg.key(), "key_scheme": 2}))
     make = {"synthetic": synthetic_cifar, "finegrain": finegrain}[dataset]
-    assert run_input_size(tmp_path) == make(2).images.shape[-1]
+    assert run_input_size(cfg.run_dir()) == make(2).images.shape[-1]

@@ -16,6 +16,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .models import replace_module
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -135,7 +137,6 @@ def sync_batchnorm(model: nn.Module, d: Dist) -> nn.Module:
         return model
     if d.device.type == "cuda":
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    from .models import replace_module
 
     for name, m in list(model.named_modules()):
         if type(m) is nn.BatchNorm2d:

@@ -29,12 +29,14 @@ from typing import Any
 
 import torch
 
+from . import data as D
 from . import distributed
 from .config import PRECISIONS, CifarConfig, ImageNetConfig
 from .functional import value_checks
+from .modules import quantizers
 from .runs import Run
 from .study import get_profile
-from .tasks import make_model
+from .tasks import imagenet_data, make_model
 from .train import fit, prepare, set_precision, train_step
 
 GROUPS = ("versions", "devices", "tf32", "training", "memory", "ddp", "loaders")
@@ -311,7 +313,6 @@ def memory_cases(profile: str) -> list[tuple[str, Callable[[], Any], int, int, i
     """(name, model builder, batch per GPU, image size, classes): the CIFAR profile's model and
     batch, and ImageNet ResNet-18 at its default batch, both 2-bit with steps set (memory only,
     no calibration pass)."""
-    from .modules import quantizers
 
     prof = get_profile(profile)
     cifar = CifarConfig(depth=prof.depth, bits=2, batch_size=prof.batch_size).resolved()
@@ -393,8 +394,7 @@ def ddp_equivalence(device: str, runs: Path, port: int = 29531) -> Check:
                      "GPUs' peer access and the firewall", data={"stderr": out.stderr[-4000:]})
     two = Run.load(CifarConfig(**kw, runs_dir=str(runs / "two")).run_dir())
     one = fit(CifarConfig(**kw, runs_dir=str(runs / "one")), quiet=True)
-    a = torch.load(two.dir / "model.pt", weights_only=True)
-    b = torch.load(one.dir / "model.pt", weights_only=True)
+    a, b = two.state_dict(), one.state_dict()
     floats = [k for k in a if torch.is_tensor(a[k]) and a[k].is_floating_point()]
     diff = max(((a[k] - b[k]).abs().max().item() for k in floats), default=0.0)
     close = all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6) for k in floats)
@@ -426,8 +426,6 @@ def _jpeg_folder(root: Path, n: int, size: tuple[int, int]) -> Path:
 
 
 def check_loaders(o: Options, cuda: bool) -> list[Check]:
-    from . import data as D
-    from .tasks import imagenet_data
 
     device = torch.device("cuda" if cuda else "cpu")
     rows = []

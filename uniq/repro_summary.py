@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .claims import detectable_effect, pooled_seed_sd
 from .paths import REPO
 
 FIDELITY = REPO / "docs" / "fidelity.md"
@@ -72,7 +73,6 @@ def _claim_line(row: pd.Series) -> str:
 def seed_noise(results_dir: Path) -> tuple[float, int, int] | None:
     """(pooled seed-to-seed sd of top-1 over Table 4's cells, degrees of freedom, seeds per
     cell) from ``table4_seeds.csv``, or None without two seeds."""
-    from .claims import pooled_seed_sd
 
     seeds = _read_csv(results_dir / "table4_seeds.csv")
     if seeds is None or "top1_final" not in seeds:
@@ -87,7 +87,6 @@ def seed_noise(results_dir: Path) -> tuple[float, int, int] | None:
 def summary_parts(results_dir: str | Path, fidelity: str | Path = FIDELITY) -> list[Part]:
     """The five parts of the summary, each a heading with paragraphs and bullets (plain text
     with `code` spans)."""
-    from .claims import detectable_effect
 
     out = Path(results_dir)
     prov_path = out / "provenance.json"

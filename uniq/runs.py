@@ -29,6 +29,7 @@ import json
 import os
 import socket
 import sys
+import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -223,6 +224,18 @@ class Run:
         model = make_model(c, num_classes)
         load_weights_into(model, self.state_dict(), str(self.dir / "model.pt"))
         return model.eval()
+
+
+def finished_runs(runs_dir: Path, task: str) -> list[Run]:
+    """Every finished run of a task under ``runs_dir``, by name. A run that cannot be
+    loaded (another key scheme, a changed config) is left out with a warning that says why."""
+    runs = []
+    for path in sorted(Path(runs_dir).glob(f"{task}/*/result.json")):
+        try:
+            runs.append(Run.load(path.parent))
+        except CorruptFile as err:
+            warnings.warn(f"left out: {err}", stacklevel=2)
+    return runs
 
 
 def load_weights_into(model: nn.Module, state: dict, where: str, strict: bool = True) -> None:

@@ -30,7 +30,7 @@ from .paper import PAPER_NAMES, REPORTED, check_reported, paper_tables, paper_va
 from .paths import resolve_path
 from .recipes import get_recipe, lr_at  # noqa: F401 - lr_at: notebook 4
 from .repro_summary import seed_noise  # noqa: F401 - notebook 4
-from .runs import Run, older_scheme_run, run_state
+from .runs import Run, finished_runs, older_scheme_run, run_state
 from .tasks import cifar_splits, demo_config, generated_folder
 from .train import fit
 
@@ -403,11 +403,10 @@ def plan(ctx: Context, keys: Iterable[str] | None = None) -> list[dict]:
 def _seconds_per_image_epoch(ctx: Context) -> float | None:
     """The last measured training speed of this profile's model on this machine's runs."""
     rates = []
-    for path in sorted(ctx.runs_dir.glob("cifar/*/result.json"),
-                       key=lambda p: p.stat().st_mtime)[-5:]:
-        r = json.loads(path.read_text())
-        if r.get("train_time_s") and r.get("train_size") and f"resnet{ctx.profile.depth}-" in \
-                r.get("label", ""):
+    latest = sorted(finished_runs(ctx.runs_dir, "cifar"), key=lambda r: r.dir.stat().st_mtime)
+    for run in latest[-5:]:
+        r = run.result
+        if r.get("train_time_s") and r.get("train_size") and run.config.depth == ctx.profile.depth:
             rates.append(r["train_time_s"] / (r["epochs"] * r["train_size"]))
     return float(np.median(rates)) if rates else None
 
@@ -696,8 +695,7 @@ def imagenet_measurements(ctx: Context) -> tuple[pd.DataFrame, dict, dict]:
     each experiment's comparability to the paper, and the experiments whose runs differ in more
     than the seed (``{experiment: what differs}``: not pooled, "not comparable")."""
     groups: dict[str, list[Run]] = {}
-    for path in sorted(ctx.runs_dir.glob("imagenet/*/result.json")):
-        run = Run.load(path.parent)
+    for run in finished_runs(ctx.runs_dir, "imagenet"):
         c = run.config
         if c.arch == "preresnet18" and c.bits != 32:
             groups.setdefault(f"t2/resnet18/{c.method}/{c.bits}b", []).append(run)
@@ -837,10 +835,9 @@ def imagenet_results(runs_dir: str | Path = "runs") -> pd.DataFrame:
     """Every finished ImageNet run under ``<runs_dir>/imagenet``, one row each."""
 
     rows = []
-    for path in sorted(resolve_path(runs_dir).glob("imagenet/*/result.json")):
-        r = json.loads(path.read_text())
-        cfg = json.loads((path.parent / "config.json").read_text())["config"]
-        rows.append({"model": PAPER_NAMES.get(cfg["arch"], cfg["arch"]),
+    for run in finished_runs(resolve_path(runs_dir), "imagenet"):
+        r, arch = run.result, run.config.arch
+        rows.append({"model": PAPER_NAMES.get(arch, arch),
                      "method": "fp" if r["bits"] == 32 else
                      {"uniq": "UniQ", "lsq": "LSQ"}[r["method"]],
                      "bits": r["bits"], "top1_final": r["top1_final"],

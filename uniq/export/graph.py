@@ -789,8 +789,7 @@ def measure_latency(model: nn.Module, path: str | Path, x: torch.Tensor, repeats
 
 def load_run_model(run_dir: str | Path) -> nn.Module:
     """The trained model of a finished run directory (CIFAR or ImageNet), on the CPU in eval
-    mode. This is the one place that knows how a run is stored: ``config.json`` (``{"config":
-    {...}}``; an ImageNet run has an ``arch`` field) and ``model.pt`` (the state dict)."""
+    mode, with a message for a folder that is not a finished run."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(
@@ -813,23 +812,20 @@ def load_run_model(run_dir: str | Path) -> nn.Module:
 def run_input_size(run_dir: str | Path) -> int:
     """The image size a run was trained at (ImageNet: its ``image_size``; CIFAR-100 and the
     ``synthetic`` stand-in: 32; the laptop profile's ``finegrain``: 16)."""
-
-    cfg = json.loads((Path(run_dir) / "config.json").read_text())["config"]
-    if "image_size" in cfg:
-        return int(cfg["image_size"])
-    return FINEGRAIN_SIZE if cfg.get("dataset") == "finegrain" else 32
+    cfg = Run.load(run_dir).config
+    if cfg.task == "imagenet":
+        return int(cfg.image_size)
+    return FINEGRAIN_SIZE if cfg.dataset == "finegrain" else 32
 
 
 def load_run_batch(run_dir: str | Path, n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``n`` test images of a CIFAR run's dataset, normalised as in training, and
     their labels (the synthetic set is generated from the run's seed)."""
-
-    cfg = json.loads((Path(run_dir) / "config.json").read_text())["config"]
-    if "arch" in cfg:
+    cfg = Run.load(run_dir).config
+    if cfg.task == "imagenet":
         raise ValueError(f"{run_dir} is an ImageNet run; load its validation images yourself")
-
-    data = load_dataset(cfg["dataset"], False, resolve_path(cfg["data_dir"]), DATA_SEED,
-                        (cfg["synthetic_train"], cfg["synthetic_test"]), download=False)
+    data = load_dataset(cfg.dataset, False, resolve_path(cfg.data_dir), DATA_SEED,
+                        (cfg.synthetic_train, cfg.synthetic_test), download=False)
     return normalize(data.images[:n], data.mean, data.std), data.labels[:n]
 
 
