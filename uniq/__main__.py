@@ -39,11 +39,13 @@ def _init_value(text: str) -> str | float:
 
 def add_config_args(p: argparse.ArgumentParser, cls: type[RunConfig]) -> None:
     """One flag per config field (``--field-name``), typed and documented from the field."""
+    from .config import flag as config_flag
+
     defaults = cls()
     for f in dataclasses.fields(cls):
         if not f.metadata.get("cli", True):
             continue
-        flag = "--" + f.name.replace("_", "-")
+        flag = config_flag(f.name)
         default = getattr(defaults, f.name)
         kw = {"default": default, "help": f.metadata.get("help", "")}
         if f.metadata.get("choices"):

@@ -21,12 +21,11 @@ from typing import Any, ClassVar
 
 import torch
 
-from .functional import check_bits
+from .functional import FULL_PRECISION, check_bits
 from .models import IMAGENET_MODELS, imagenet_model, pytorchcv_filename
 from .paths import resolve_path
 from .recipes import IMAGENET_WEIGHT_DECAY, Recipe, default_recipe, get_recipe
 
-FULL_PRECISION = 32
 KEY_SCHEME = 2
 """Version of what a run's key covers. 1: the first scheme. 2: ``loader``, ``compile``, a
 ``--pretrained`` file's content, the layer-policy fields and ``init_scope`` are hashed. A run
@@ -295,6 +294,22 @@ ENTERS_VIA = {
     "fp_seed": "init_from (the full-precision parent's key)",
 }
 """Unhashed fields that change the computation through another hashed field."""
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a config field: ``batch_size`` -> ``--batch-size``."""
+    return "--" + name.replace("_", "-")
+
+
+def as_flags(values: dict[str, Any]) -> list[str]:
+    """Config fields as command-line arguments (a boolean as ``--x`` or ``--no-x``)."""
+    out: list[str] = []
+    for name, value in values.items():
+        if isinstance(value, bool):
+            out.append(flag(name) if value else "--no-" + flag(name)[2:])
+        else:
+            out += [flag(name), str(value)]
+    return out
 
 
 def parse_overrides(text: str) -> dict[str, int | None]:

@@ -11,11 +11,10 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .functional import check_bits
+from .functional import FULL_PRECISION, check_bits
 from .modules import GRANULARITIES, METHODS, QConv2d, QLinear, Quantizer, quantized_copy, quantizers
 from .state import preserved_state
 
-FULL_PRECISION = 32
 SIGNED_INPUTS = ("detect", "unsigned")
 """How activation quantizers treat inputs that can be negative (``quantize_model``'s
 ``signed_inputs``): "detect" gives them the symmetric quantizer, "unsigned" clips them at zero

@@ -31,7 +31,7 @@ import torch
 
 from . import data as D
 from . import distributed
-from .config import PRECISIONS, CifarConfig, ImageNetConfig
+from .config import PRECISIONS, CifarConfig, ImageNetConfig, as_flags
 from .functional import value_checks
 from .modules import quantizers
 from .runs import Run
@@ -378,10 +378,7 @@ def ddp_equivalence(device: str, runs: Path, port: int = 29531) -> Check:
     kw = dict(dataset="synthetic", synthetic_train=64, synthetic_test=32, depth=8,
               batch_size=64, calib_batches=1, fp_epochs=1, epochs=1, bits=8,
               precision="fp64", sync_bn=True, device=device, log_every=1000)
-    args = []
-    for k, v in kw.items():
-        flag = "--" + k.replace("_", "-")
-        args += [flag] if v is True else [flag, str(v)]
+    args = as_flags(kw)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
            "--master-port", str(port), "-m", "uniq", "train", *args,
            "--runs-dir", str(runs / "two")]

@@ -92,7 +92,7 @@ def describe_run(config) -> str:
     """A run's setting in words, from its config: ``1-bit UniQ, SGD, 0.25-epoch warm-up at
     0.001, then lr 0.01 (cosine)``. Titles built from this say what was run, in any profile."""
     recipe = config.resolved().recipe_obj()
-    what = "full precision" if config.bits >= 32 else (
+    what = "full precision" if config.bits >= QF.FULL_PRECISION else (
         f"{config.bits}-bit {'LSQ' if config.method == 'lsq' else 'UniQ'}")
     optimizer = "SGD" if recipe.optimizer == "sgd" else "Adam"
     if recipe.warmup_epochs:

@@ -36,6 +36,9 @@ import numbers
 
 import torch
 
+FULL_PRECISION = 32
+"""The bit width that means "not quantized" (a layer, a run)."""
+
 MIN_STEP = 1e-8
 """Smallest step size used in a forward pass (the guard that keeps steps positive)."""
 

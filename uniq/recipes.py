@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, replace
 
+from .functional import FULL_PRECISION
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -56,7 +58,7 @@ IMAGENET_WEIGHT_DECAY = {32: 1e-4, 8: 1e-4, 4: 1e-4, 3: 0.5e-4, 2: 0.25e-4, 1: 0
 
 def default_recipe(bits: int) -> str:
     """The paper's recipe for a bit width: FP from scratch, SGD for multi-bit, Adam for 1-bit."""
-    return "fp" if bits >= 32 else "adam-warmup5" if bits == 1 else "sgd"
+    return "fp" if bits >= FULL_PRECISION else "adam-warmup5" if bits == 1 else "sgd"
 
 
 def get_recipe(name: str, **overrides) -> Recipe:

@@ -21,7 +21,7 @@ import torch
 
 from .claims import chance_holds, evaluate_claims, per_cell_summary  # noqa: F401 - chance_holds: notebook 8
 from .comparable import comparable_to_paper, paper_differences, setting_differences
-from .config import CifarConfig, ImageNetConfig
+from .config import FULL_PRECISION, CifarConfig, ImageNetConfig, as_flags
 from .convert import conversion_report, quantize_model
 from .figures import DPI, show
 from .models import IMAGENET_MODELS, adaptive_pooling, imagenet_model
@@ -271,7 +271,7 @@ TABLE6 = (
 def experiments(ctx: Context, table: int | None = None) -> list[Experiment]:
     """The cells of Tables 4, 5 and 6 (or of one of them), in the paper's order."""
     out = [Experiment("t4/fp", 4, (("method", "FP"), ("bits", "32/32")), 32,
-                      paper_top1=paper_value(4, "fp", 32))]
+                      paper_top1=paper_value(4, "fp", FULL_PRECISION))]
     for method, label in (("lsq", "LSQ"), ("uniq", "UniQ")):
         for bits in (4, 3, 2, 1):
             if method == "lsq" and bits == 1:
@@ -305,8 +305,8 @@ def experiment(ctx: Context, key: str) -> Experiment:
 def config(ctx: Context, e: Experiment, seed: int = 0) -> CifarConfig:
     """The run of one experiment and seed. Quantized runs start from the profile's
     full-precision run (seed 0; Section 5.2); the warm-up is scaled by the profile."""
-    if e.bits == 32:
-        return CifarConfig(bits=32, epochs=ctx.profile.fp_epochs, seed=0, **ctx.base())
+    if e.bits == FULL_PRECISION:
+        return CifarConfig(bits=FULL_PRECISION, epochs=ctx.profile.fp_epochs, seed=0, **ctx.base())
     return CifarConfig(bits=e.bits, method=e.method, init=e.init, recipe=e.recipe,
                        warmup_scale=ctx.profile.warmup_scale, epochs=ctx.profile.epochs,
                        seed=seed, **ctx.base())
@@ -357,11 +357,7 @@ def train_command(cfg: CifarConfig) -> str:
         v = getattr(cfg, f.name)
         if v == getattr(default, f.name):
             continue
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(v, bool):
-            args.append(flag if v else "--no-" + f.name.replace("_", "-"))
-        else:
-            args += [flag, str(v)]
+        args += as_flags({f.name: v})
     return shlex.join(args)
 
 
@@ -373,10 +369,10 @@ def distinct_runs(ctx: Context, keys: Iterable[str] | None = None
     for e in experiments(ctx):
         if wanted is not None and e.key not in wanted:
             continue
-        for seed in (0,) if e.bits == 32 else ctx.seeds:
+        for seed in (0,) if e.bits == FULL_PRECISION else ctx.seeds:
             cfg = config(ctx, e, seed)
             chain = [cfg]
-            if cfg.bits != 32:
+            if cfg.bits != FULL_PRECISION:
                 parent = cfg.resolved().init_from
                 chain.insert(0, CifarConfig.from_dict({**parent, **_placement(ctx)}))
             for c in chain:
@@ -448,7 +444,7 @@ def per_seed(ctx: Context, table: int) -> pd.DataFrame:
     runs = ensure(ctx, [e.key for e in exps], f"Table {table}")
     rows = []
     for e in exps:
-        for seed in (0,) if e.bits == 32 else ctx.seeds:
+        for seed in (0,) if e.bits == FULL_PRECISION else ctx.seeds:
             r = runs[(e.key, seed)]
             rows.append({"experiment": e.key, **dict(e.columns), "seed": seed,
                          "top1_final": r.result["top1_final"],
@@ -591,7 +587,7 @@ def measurements(ctx: Context, train: bool = False) -> tuple[pd.DataFrame, dict]
         ensure(ctx, [e.key for e in experiments(ctx)], "The claims")
     layer_cache: dict[str, list[str]] = {}
     for e in experiments(ctx):
-        for seed in (0,) if e.bits == 32 else ctx.seeds:
+        for seed in (0,) if e.bits == FULL_PRECISION else ctx.seeds:
             cfg = config(ctx, e, seed)
             if _state(cfg) != "done":
                 missing.setdefault(e.key, []).append(train_command(cfg))
@@ -674,7 +670,7 @@ def claims_table(ctx: Context, train: bool = False) -> pd.DataFrame:
     decided by ``uniq.comparable`` for each experiment's runs."""
     values, missing = measurements(ctx, train)
     comparability = {e.key: comparable_to_paper(
-        [config(ctx, e, s) for s in ((0,) if e.bits == 32 else ctx.seeds)])
+        [config(ctx, e, s) for s in ((0,) if e.bits == FULL_PRECISION else ctx.seeds)])
         for e in experiments(ctx)}
     for key in ("t2/resnet18/uniq/4b", "t2/resnet18/uniq/3b", "t2/resnet18/uniq/2b",
                 "t2/resnet18/lsq/4b", "t2/resnet18/lsq/3b", "t2/resnet18/lsq/2b"):
@@ -697,7 +693,7 @@ def imagenet_measurements(ctx: Context) -> tuple[pd.DataFrame, dict, dict]:
     groups: dict[str, list[Run]] = {}
     for run in finished_runs(ctx.runs_dir, "imagenet"):
         c = run.config
-        if c.arch == "preresnet18" and c.bits != 32:
+        if c.arch == "preresnet18" and c.bits != FULL_PRECISION:
             groups.setdefault(f"t2/resnet18/{c.method}/{c.bits}b", []).append(run)
     rows, comparability, incompatible = [], {}, {}
     for key, runs in groups.items():
@@ -822,7 +818,7 @@ def policy_summary(bits_list=(4, 3, 2, 1)) -> pd.DataFrame:
             rows.append({"arch": arch, "bits": bits, "layers": len(r),
                          "at_bits": int((r.weight_bits == bits).sum()),
                          "at_8": int(((r.weight_bits == 8) & (bits != 8)).sum()),
-                         "full_precision": int((r.weight_bits == 32).sum()),
+                         "full_precision": int((r.weight_bits == FULL_PRECISION).sum()),
                          "signed_inputs": int(r.signed_input.fillna(False).sum()),
                          "granularity": granularity})
     return pd.DataFrame(rows)
@@ -838,7 +834,7 @@ def imagenet_results(runs_dir: str | Path = "runs") -> pd.DataFrame:
     for run in finished_runs(resolve_path(runs_dir), "imagenet"):
         r, arch = run.result, run.config.arch
         rows.append({"model": PAPER_NAMES.get(arch, arch),
-                     "method": "fp" if r["bits"] == 32 else
+                     "method": "fp" if r["bits"] == FULL_PRECISION else
                      {"uniq": "UniQ", "lsq": "LSQ"}[r["method"]],
                      "bits": r["bits"], "top1_final": r["top1_final"],
                      "top1_best": r["top1_best"], "epochs": r["epochs"],

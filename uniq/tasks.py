@@ -49,6 +49,9 @@ class TaskData:
 
 def make_data(cfg: RunConfig, d: Dist) -> TaskData:
     """The loaders of a (resolved) config's task on this process's device."""
+    if cfg.batch_size % d.world:
+        raise ValueError(f"global batch {cfg.batch_size} is not divisible by {d.world} "
+                         "processes")
     return {"cifar": cifar_data, "imagenet": imagenet_data}[cfg.task](cfg, d)
 
 
@@ -109,9 +112,6 @@ def cifar_splits(cfg: CifarConfig) -> tuple[D.ImageData, D.ImageData]:
 
 def cifar_data(cfg: CifarConfig, d: Dist) -> TaskData:
     train_data, test_data = cifar_splits(cfg)
-    if cfg.batch_size % d.world:
-        raise ValueError(f"global batch {cfg.batch_size} is not divisible by {d.world} "
-                         "processes")
     channels_last = d.device.type == "cuda" if cfg.channels_last is None \
         else cfg.channels_last
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -232,8 +232,6 @@ def imagenet_data(cfg: ImageNetConfig, d: Dist) -> TaskData:
     val_ds = image_folder(root, "val", cfg, False)
     if train_ds.classes != val_ds.classes:
         raise ValueError(f"train/ and val/ under {root} have different class folders")
-    if cfg.batch_size % d.world:
-        raise ValueError(f"global batch {cfg.batch_size} is not divisible by {d.world} processes")
     per_rank = cfg.batch_size // d.world
     sampler = DistributedSampler(train_ds, d.world, d.rank, shuffle=True, seed=cfg.seed,
                                  drop_last=True)

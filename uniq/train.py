@@ -286,7 +286,8 @@ def prepare(cfg: RunConfig, d: dist.Dist, start: dict | None = None,
 def _train(cfg: RunConfig, d: dist.Dist, run_dir: Path, start: dict | None, say,
            quiet: bool) -> Run | None:
     label = run_dir.name
-    say(f"[{label}] preparing: data, model{', calibration' if cfg.bits != 32 else ''} ...")
+    calibration = ", calibration" if cfg.bits != FULL_PRECISION else ""
+    say(f"[{label}] preparing: data, model{calibration} ...")
     t_setup = time.time()
     ckpt_path = run_dir / "checkpoint.pt"
     s = prepare(cfg, d, start, ckpt_path)
