@@ -178,12 +178,22 @@ def test_skewness_claims_on_weights_that_did_not_move_are_inconclusive():
 
 
 def test_the_laptop_profile_resolves_and_auto_picks_by_device(tmp_path, monkeypatch):
-    """``PROFILE = "auto"`` (the notebooks' default) is ``CPU_DEFAULT`` without a GPU, ``quick``
-    with one; the laptop profile trains on the generated fine-detail data, its own runs."""
+    """``PROFILE = "auto"`` (the notebooks' default) is ``laptop`` without a GPU (issue 20),
+    ``quick`` with one, and every notebook's parameter comment says so; the laptop profile
+    trains on the generated fine-detail data, its own runs."""
+    import json
+    from pathlib import Path
+
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert X.get_profile("auto").name == X.CPU_DEFAULT
+    assert X.CPU_DEFAULT == "laptop" and X.get_profile("auto").name == "laptop"
+    notebooks = sorted(Path(__file__).resolve().parent.parent.glob("notebooks/[0-9]*.ipynb"))
+    assert len(notebooks) == 9
+    for path in notebooks:
+        [source] = ["".join(c["source"]) for c in json.loads(path.read_text())["cells"]
+                    if "parameters" in c.get("metadata", {}).get("tags", [])]
+        assert 'PROFILE = "auto"     # auto: laptop on a CPU, quick on a GPU' in source, path.name
     ctx = X.context("laptop", results_dir=str(tmp_path / "res"), runs_dir=str(tmp_path))
     assert ctx.profile.name == "laptop" and ctx.seeds == (0, 1, 2)
     fp = X.fp_config(ctx)
