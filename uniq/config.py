@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import torch
 
 from .functional import FULL_PRECISION, check_bits
-from .models import IMAGENET_MODELS, imagenet_model, pytorchcv_filename
+from .models import IMAGENET_MODELS, imagenet_model, pretrained_path
 from .paths import resolve_path
 from .recipes import IMAGENET_WEIGHT_DECAY, Recipe, default_recipe, get_recipe
 
@@ -519,20 +519,7 @@ _DIGESTS: dict[tuple, str] = {}
 
 def pretrained_file(arch: str, pretrained: str) -> Path:
     """The weight file ``--pretrained`` names (a file, or pytorchcv's cache dir)."""
-
-    path = resolve_path(pretrained)
-    if path.is_dir():
-        found = sorted(path.glob(f"{arch}-*.pth"))
-        if not found:
-            raise FileNotFoundError(
-                f"--pretrained {path}: no pytorchcv weights for {arch} in this folder; put "
-                f"{pytorchcv_filename(arch)} there or pass a state-dict file")
-        path = found[-1]
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"--pretrained {path}: no such file; pass a state dict saved with "
-            "torch.save(model.state_dict(), FILE), pytorchcv's weights, or none/pytorchcv")
-    return path
+    return pretrained_path(arch, resolve_path(pretrained))
 
 
 def pretrained_digest(arch: str, pretrained: str) -> str:

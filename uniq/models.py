@@ -78,6 +78,25 @@ def pytorchcv_filename(name: str) -> str:
         return f"{name}-<error>-<hash>.pth"
 
 
+def pretrained_path(name: str, pretrained: str | Path) -> Path:
+    """The weight file of ``name`` that ``pretrained`` names: the file itself, or the newest
+    pytorchcv ``<name>-*.pth`` in a cache directory."""
+    path = Path(pretrained)
+    if path.is_dir():
+        found = sorted(path.glob(f"{name}-*.pth"))
+        if not found:
+            raise FileNotFoundError(
+                f"no pytorchcv weights for {name} in {path}: put {pytorchcv_filename(name)} "
+                "there (pytorchcv saves it in ~/.torch/models) or pass a state-dict file")
+        path = found[-1]
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"pretrained weights for {name} not found at {path}; pass a state dict saved with "
+            f"torch.save(model.state_dict(), FILE), pytorchcv's {pytorchcv_filename(name)}, or "
+            "--pretrained pytorchcv/none")
+    return path
+
+
 def imagenet_model(name: str, pretrained: bool | str | Path = False) -> nn.Module:
     """A pytorchcv ImageNet model. ``pretrained``: False; True (pytorchcv's download/cache); a
     path to a saved state dict or to pytorchcv's ``.pth`` file; or a cache directory holding
@@ -98,20 +117,7 @@ def imagenet_model(name: str, pretrained: bool | str | Path = False) -> nn.Modul
                 f"{pytorchcv_filename(name)} (from pytorchcv's cache, ~/.torch/models, on a "
                 f"machine with internet) and pass it: --pretrained /path/to/that/file or dir"
             ) from err
-    path = Path(pretrained)
-    if path.is_dir():
-        found = sorted(path.glob(f"{name}-*.pth"))
-        if not found:
-            raise FileNotFoundError(
-                f"no pytorchcv weights for {name} in {path}: expected "
-                f"{pytorchcv_filename(name)} (as pytorchcv saves them in ~/.torch/models)")
-        path = found[-1]
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"pretrained weights for {name} not found at {path}; pass a state-dict file saved "
-            f"with torch.save(model.state_dict(), ...) or pytorchcv's {pytorchcv_filename(name)}"
-        )
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = torch.load(pretrained_path(name, pretrained), map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     model.load_state_dict(state)

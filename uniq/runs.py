@@ -226,11 +226,15 @@ class Run:
         return model.eval()
 
 
-def finished_runs(runs_dir: Path, task: str) -> list[Run]:
-    """Every finished run of a task under ``runs_dir``, by name. A run that cannot be
-    loaded (another key scheme, a changed config) is left out with a warning that says why."""
+def finished_runs(runs_dir: Path, task: str, latest: int | None = None) -> list[Run]:
+    """Every finished run of a task under ``runs_dir``, by name; with ``latest``, only the
+    ``latest`` most recently finished, oldest first. A run that cannot be loaded (another key
+    scheme, a changed config) is left out with a warning that says why."""
+    done = sorted(Path(runs_dir).glob(f"{task}/*/result.json"))
+    if latest is not None:
+        done = sorted(done, key=lambda p: p.stat().st_mtime)[-latest:]
     runs = []
-    for path in sorted(Path(runs_dir).glob(f"{task}/*/result.json")):
+    for path in done:
         try:
             runs.append(Run.load(path.parent))
         except CorruptFile as err:

@@ -400,8 +400,7 @@ def plan(ctx: Context, keys: Iterable[str] | None = None) -> list[dict]:
 def _seconds_per_image_epoch(ctx: Context) -> float | None:
     """The last measured training speed of this profile's model on this machine's runs."""
     rates = []
-    latest = sorted(finished_runs(ctx.runs_dir, "cifar"), key=lambda r: r.dir.stat().st_mtime)
-    for run in latest[-5:]:
+    for run in finished_runs(ctx.runs_dir, "cifar", latest=5):
         r = run.result
         if r.get("train_time_s") and r.get("train_size") and run.config.depth == ctx.profile.depth:
             rates.append(r["train_time_s"] / (r["epochs"] * r["train_size"]))
