@@ -309,3 +309,31 @@ def test_the_console_shows_progress_not_kernel_transport_warnings(broken, tmp_pa
     out, err = capfd.readouterr()
     assert "01_fine.ipynb" in out and "done in" in out
     assert "without encryption" not in out + err and "IPKernelApp" not in out + err
+
+
+def test_kernels_are_shut_down_without_the_interrupt_that_logs_keyboard_interrupt(
+        broken, tmp_path, monkeypatch):
+    """jupyter_client sends SIGINT before a shutdown request; a kernel still in a message
+    handler then logs "KeyboardInterrupt caught in kernel" into the terminal (seen in CI after a
+    notebook that succeeded). ``reproduce`` hands papermill a manager that skips that interrupt
+    during shutdown only."""
+    import asyncio
+
+    import papermill
+    from jupyter_client.manager import AsyncKernelManager
+
+    seen = {}
+
+    def fake_execute(source, target, **kwargs):
+        seen.update(kwargs)
+        Path(target).write_text(Path(source).read_text())
+
+    monkeypatch.setattr(papermill, "execute_notebook", fake_execute)
+    assert reproduce("smoke", out_dir=tmp_path / "out", notebooks_dir=broken, only=[1]) == 0
+    manager = seen["kernel_manager_class"]
+    assert issubclass(manager, AsyncKernelManager)
+    km = manager()
+    with pytest.raises(RuntimeError, match="No kernel is running"):  # outside a shutdown: as usual
+        asyncio.run(km._async_interrupt_kernel())
+    km.shutting_down = True
+    asyncio.run(km._async_interrupt_kernel())  # during a shutdown: no signal, no error

@@ -121,6 +121,25 @@ def _device() -> dict:
 # that only listens on loopback) would be printed once per notebook into the user's terminal;
 # its errors still show.
 KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR"]
+
+
+def quiet_shutdown_kernel_manager() -> type:
+    """The kernel manager papermill runs each notebook's kernel with.
+
+    jupyter_client interrupts a kernel (SIGINT) just before it asks it to shut down; a kernel
+    still handling a message at that moment logs "KeyboardInterrupt caught in kernel" at ERROR
+    level into the user's terminal, after a notebook that succeeded (a race, more likely on a
+    loaded machine). papermill is done with the kernel by then, so the shutdown request is
+    enough, and a kernel that does not answer it is still killed after jupyter_client's wait."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class QuietShutdownKernelManager(AsyncKernelManager):
+        async def _async_interrupt_kernel(self) -> None:
+            if self.shutting_down:
+                return
+            await super()._async_interrupt_kernel()
+
+    return QuietShutdownKernelManager
 PAPERMILL_TAGS = {"injected-parameters", "papermill-error-cell-tag"}
 
 
@@ -213,6 +232,7 @@ def reproduce(profile: str = "smoke", only: list[int] | None = None, keep_going:
         check_parameters(nb, params)
 
     lock = _lock()
+    kernel_manager = quiet_shutdown_kernel_manager()
     # Notebooks run headless here: plain progress lines, not widgets nobody will see.
     os.environ.setdefault("UNIQ_PROGRESS", "lines")
     started = datetime.now(timezone.utc).isoformat()
@@ -224,7 +244,8 @@ def reproduce(profile: str = "smoke", only: list[int] | None = None, keep_going:
             with inline_backend():
                 papermill.execute_notebook(str(nb), str(out / nb.name), parameters=params,
                                            kernel_name="python3", cwd=str(nb.parent),
-                                           progress_bar=False, extra_arguments=KERNEL_ARGUMENTS)
+                                           progress_bar=False, extra_arguments=KERNEL_ARGUMENTS,
+                                           kernel_manager_class=kernel_manager)
         except Exception as err:  # noqa: BLE001 - any failure is reported, then we go on or stop
             failures.append(_failure(nb, out / nb.name, err, since=t0 - 1))
             status[nb.name] = {"ok": False, "seconds": round(time.time() - t0, 1)}
