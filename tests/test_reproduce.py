@@ -311,16 +311,12 @@ def test_the_console_shows_progress_not_kernel_transport_warnings(broken, tmp_pa
     assert "without encryption" not in out + err and "IPKernelApp" not in out + err
 
 
-def test_kernels_are_shut_down_without_the_interrupt_that_logs_keyboard_interrupt(
-        broken, tmp_path, monkeypatch):
-    """jupyter_client sends SIGINT before a shutdown request; a kernel still in a message
-    handler then logs "KeyboardInterrupt caught in kernel" into the terminal (seen in CI after a
-    notebook that succeeded). ``reproduce`` hands papermill a manager that skips that interrupt
-    during shutdown only."""
-    import asyncio
 
+@pytest.fixture
+def fake_papermill(monkeypatch):
+    """papermill.execute_notebook replaced by a copy of the notebook; the keyword arguments
+    reproduce passed are returned."""
     import papermill
-    from jupyter_client.manager import AsyncKernelManager
 
     seen = {}
 
@@ -329,11 +325,34 @@ def test_kernels_are_shut_down_without_the_interrupt_that_logs_keyboard_interrup
         Path(target).write_text(Path(source).read_text())
 
     monkeypatch.setattr(papermill, "execute_notebook", fake_execute)
+    return seen
+
+
+def test_kernels_are_shut_down_without_the_interrupt_that_logs_keyboard_interrupt(
+        broken, tmp_path, fake_papermill):
+    """jupyter_client sends SIGINT before a shutdown request; a kernel still in a message
+    handler then logs "KeyboardInterrupt caught in kernel" into the terminal (seen in CI after a
+    notebook that succeeded). ``reproduce`` hands papermill a manager that skips that interrupt
+    during shutdown only."""
+    import asyncio
+
+    from jupyter_client.manager import AsyncKernelManager
+
     assert reproduce("smoke", out_dir=tmp_path / "out", notebooks_dir=broken, only=[1]) == 0
-    manager = seen["kernel_manager_class"]
+    manager = fake_papermill["kernel_manager_class"]
     assert issubclass(manager, AsyncKernelManager)
     km = manager()
     with pytest.raises(RuntimeError, match="No kernel is running"):  # outside a shutdown: as usual
         asyncio.run(km._async_interrupt_kernel())
     km.shutting_down = True
     asyncio.run(km._async_interrupt_kernel())  # during a shutdown: no signal, no error
+
+
+@pytest.mark.parametrize("profile", ["smoke", "laptop"])
+def test_the_profile_s_expected_time_is_said_before_the_first_notebook(
+        broken, tmp_path, fake_papermill, capsys, profile):
+    from uniq.study import get_profile
+
+    assert reproduce(profile, out_dir=tmp_path / "out", notebooks_dir=broken, only=[1]) == 0
+    out = capsys.readouterr().out
+    assert out.index(get_profile(profile).expected_time) < out.index("01_fine.ipynb")

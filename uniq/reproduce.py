@@ -237,6 +237,10 @@ def reproduce(profile: str = "smoke", only: list[int] | None = None, keep_going:
     os.environ.setdefault("UNIQ_PROGRESS", "lines")
     started = datetime.now(timezone.utc).isoformat()
     status, failures = {}, []
+    if prof.expected_time:
+        print(f"[reproduce] {len(chosen)} notebook(s), profile {profile}: the whole profile takes "
+              f"{prof.expected_time} from an empty runs folder; cached runs are not trained again",
+              flush=True)
     for nb in chosen:
         t0 = time.time()
         print(f"[reproduce] {nb.name} ({profile}) ...", flush=True)
