@@ -927,12 +927,14 @@ def about_the_data(profile: Profile) -> str:
             "random shifts and contrast. Colour tells the pair; only the fine pattern tells "
             "the class, and fine detail is what coarse quantization loses, so the bit width "
             "shows in the accuracy.\n\n"
-            "**How the profile was chosen.** Its size (images, epochs, seeds) was tuned on three "
-            "things only: full-precision top-1 between 60% and 90% (neither saturated nor "
-            "chance), the seed-to-seed standard deviation of top-1 (pooled over Table 4's "
-            "cells; notebook 4 prints it), and how far training moves the 2-bit weights from "
-            "their full-precision start (notebook 4). It was fixed before any claim's verdict "
-            "was looked at, so that it can show an effect, never to make a claim hold.")
+            "**How the profile was chosen.** Its size (images, batch, epochs, seeds) was tuned "
+            "on these things only: full-precision top-1 between 60% and 90% (neither saturated "
+            "nor chance), the seed-to-seed standard deviation of top-1 (pooled over Table 4's "
+            "cells; notebook 4 prints it), how far training moves the 2-bit weights from their "
+            "full-precision start (notebook 4), how far Figure 4's steps move, and time (all "
+            "nine notebooks in at most 20 minutes on 2 CPU cores). It was fixed before any "
+            "claim's verdict was looked at, so that it can show an effect, never to make a "
+            "claim hold.")
     if profile.dataset == "synthetic":
         return ("**The data (smoke profile).** Generated stand-ins for CIFAR-100 "
                 f"(`uniq.data.synthetic_cifar`): {profile.synthetic_train:,} training images of "
