@@ -311,7 +311,6 @@ def test_the_console_shows_progress_not_kernel_transport_warnings(broken, tmp_pa
     assert "without encryption" not in out + err and "IPKernelApp" not in out + err
 
 
-
 @pytest.fixture
 def fake_papermill(monkeypatch):
     """papermill.execute_notebook replaced by a copy of the notebook; the keyword arguments

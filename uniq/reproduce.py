@@ -115,12 +115,13 @@ def _device() -> dict:
     return info
 
 
-# cells papermill adds to the executed copy: the injected parameters, and on failure an error
-# banner at the top and an anchor just before the failing cell
 # The kernel's own warnings (e.g. ipykernel's "running over TCP without encryption" for a kernel
 # that only listens on loopback) would be printed once per notebook into the user's terminal;
 # its errors still show.
 KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR"]
+# cells papermill adds to the executed copy: the injected parameters, and on failure an error
+# banner at the top and an anchor just before the failing cell
+PAPERMILL_TAGS = {"injected-parameters", "papermill-error-cell-tag"}
 
 
 def quiet_shutdown_kernel_manager() -> type:
@@ -140,7 +141,6 @@ def quiet_shutdown_kernel_manager() -> type:
             await super()._async_interrupt_kernel()
 
     return QuietShutdownKernelManager
-PAPERMILL_TAGS = {"injected-parameters", "papermill-error-cell-tag"}
 
 
 def _first_line(source: str) -> str:

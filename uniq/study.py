@@ -314,6 +314,12 @@ def config(ctx: Context, e: Experiment, seed: int = 0) -> CifarConfig:
                        seed=seed, **ctx.base())
 
 
+def seeds_of(ctx: Context, e: Experiment) -> tuple[int, ...]:
+    """The seeds an experiment runs: the full-precision start once (seed 0), every other cell
+    with every seed of the context."""
+    return (0,) if e.bits == FULL_PRECISION else ctx.seeds
+
+
 def fp_config(ctx: Context) -> CifarConfig:
     return config(ctx, experiments(ctx, 4)[0])
 
@@ -352,15 +358,9 @@ def _state(cfg: CifarConfig) -> str:
 def train_command(cfg: CifarConfig) -> str:
     """The ``python -m uniq train`` command that trains exactly this run."""
     default = CifarConfig()
-    args = ["python", "-m", "uniq", "train"]
-    for f in fields(cfg):
-        if not f.metadata.get("cli", True):
-            continue
-        v = getattr(cfg, f.name)
-        if v == getattr(default, f.name):
-            continue
-        args += as_flags({f.name: v})
-    return shlex.join(args)
+    changed = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.metadata.get("cli", True)
+               and getattr(cfg, f.name) != getattr(default, f.name)}
+    return shlex.join(["python", "-m", "uniq", "train", *as_flags(changed)])
 
 
 def distinct_runs(ctx: Context, keys: Iterable[str] | None = None
@@ -371,7 +371,7 @@ def distinct_runs(ctx: Context, keys: Iterable[str] | None = None
     for e in experiments(ctx):
         if wanted is not None and e.key not in wanted:
             continue
-        for seed in (0,) if e.bits == FULL_PRECISION else ctx.seeds:
+        for seed in seeds_of(ctx, e):
             cfg = config(ctx, e, seed)
             chain = [cfg]
             if cfg.bits != FULL_PRECISION:
@@ -445,7 +445,7 @@ def per_seed(ctx: Context, table: int) -> pd.DataFrame:
     runs = ensure(ctx, [e.key for e in exps], f"Table {table}")
     rows = []
     for e in exps:
-        for seed in (0,) if e.bits == FULL_PRECISION else ctx.seeds:
+        for seed in seeds_of(ctx, e):
             r = runs[(e.key, seed)]
             rows.append({"experiment": e.key, **dict(e.columns), "seed": seed,
                          "top1_final": r.result["top1_final"],
@@ -588,7 +588,7 @@ def measurements(ctx: Context, train: bool = False) -> tuple[pd.DataFrame, dict]
         ensure(ctx, [e.key for e in experiments(ctx)], "The claims")
     layer_cache: dict[str, list[str]] = {}
     for e in experiments(ctx):
-        for seed in (0,) if e.bits == FULL_PRECISION else ctx.seeds:
+        for seed in seeds_of(ctx, e):
             cfg = config(ctx, e, seed)
             if _state(cfg) != "done":
                 missing.setdefault(e.key, []).append(train_command(cfg))
@@ -671,7 +671,7 @@ def claims_table(ctx: Context, train: bool = False) -> pd.DataFrame:
     decided by ``uniq.comparable`` for each experiment's runs."""
     values, missing = measurements(ctx, train)
     comparability = {e.key: comparable_to_paper(
-        [config(ctx, e, s) for s in ((0,) if e.bits == FULL_PRECISION else ctx.seeds)])
+        [config(ctx, e, s) for s in seeds_of(ctx, e)])
         for e in experiments(ctx)}
     for key in ("t2/resnet18/uniq/4b", "t2/resnet18/uniq/3b", "t2/resnet18/uniq/2b",
                 "t2/resnet18/lsq/4b", "t2/resnet18/lsq/3b", "t2/resnet18/lsq/2b"):
