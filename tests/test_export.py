@@ -354,13 +354,14 @@ def accumulators(path, x):
     proto = onnx.load(str(path))
     props = {p.key: p.value for p in proto.metadata_props}
     taps, accs = json.loads(props["uniq.input_taps"]), json.loads(props["uniq.accumulators"])
+    zero_points = json.loads(props["uniq.input_tap_zero_points"])
     if not accs:
         return {}
     names = [taps[n] for n in accs] + list(accs.values())
     proto.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names)
     outs = E.onnx_session(proto.SerializeToString(), 1, spin=False).run(names, {"input": x.numpy()})
     codes = dict(zip(accs, outs[:len(accs)], strict=True))
-    return {n: (torch.from_numpy(codes[n]).long(), torch.from_numpy(a))
+    return {n: (torch.from_numpy(codes[n]).long() - zero_points.get(n, 0), torch.from_numpy(a))
             for n, a in zip(accs, outs[len(accs):], strict=True)}
 
 
@@ -408,6 +409,82 @@ def test_integer_graph_runs_integer_kernels_exactly(bits, nine_bit, granularity,
         assert torch.equal(torch.from_numpy(stored.astype("int64")) - 128,
                            layer.weight_codes.t() if layer.kind == "linear"
                            else layer.weight_codes)
+
+
+def extreme_codes(model):
+    """Every step of a calibrated model made tiny, so that every weight code is at one end of
+    its grid and every input code too (unsigned inputs: 0 or N-1; odd inputs: +-(N-1)): each
+    BatchNorm's output is its bias, +-1 by channel, plus the tiny normalised activation."""
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.zero_()
+            m.bias.data = torch.randint(0, 2, m.bias.shape, generator=g) * 2.0 - 1
+    for _, q in uniq.quantizers(model):
+        q.step.data.fill_(1e-6)
+    return model
+
+
+@needs_onnx
+@pytest.mark.parametrize("bits,method,granularity", [
+    (2, "uniq", "tensor"), (4, "uniq", "channel"), (8, "uniq", "channel"), (8, "lsq", "tensor")])
+def test_integer_graph_is_exact_with_every_code_at_its_extreme(bits, method, granularity,
+                                                               tmp_path):
+    """The worst case of a kernel that multiplies 8-bit operands in 16-bit pairs (AVX2's
+    VPMADDUBSW saturates a pair sum of two 255 * 127 products): every code at its extreme,
+    through onnxruntime's integer kernels on the CPU that runs this test; the int32
+    accumulators must equal the int64 reference exactly."""
+    model = extreme_codes(converted(trained_like(), bits, method, granularity))
+    path = E.export_onnx(model, tmp_path / "int.onnx", torch.randn(1, 3, 32, 32), integer=True,
+                         nine_bit="split")
+    x = torch.randn(3, 3, 32, 32)
+    x[0], x[1] = x[0].abs() + 0.5, -x[1].abs() - 0.5  # all codes high, all codes low
+    layers = I.integer_layers(model)
+    assert E.integer_layers(path)["missing"] == []
+    found = accumulators(path, x)
+    assert sorted(found) == sorted(layers)
+    for name, (codes, acc) in found.items():
+        layer = layers[name]
+        for what, c, grid in (("weight", layer.weight_codes, layer.weight_grid),
+                              ("input", codes, layer.input_grid)):
+            low, high = grid.code_range
+            extreme = (c == high) | (c == low if grid.kind != "symmetric" else c == -high)
+            assert extreme.float().mean() > 0.99, (name, what)  # the worst case is tested
+        assert torch.equal(acc.long(), layer.integer_forward(codes)), name
+
+
+@needs_onnx
+@pytest.mark.parametrize("op", ["ConvInteger", "MatMulInteger"])
+def test_the_integer_kernels_operand_types_cannot_saturate(op):
+    """The operand types the integer graph feeds onnxruntime (uint8 codes with zero point 128,
+    uint8 weights ``code + 128`` with zero point 128), every stored byte at 0 or 255 in every
+    sign pattern: the int32 result equals the int64 reference on this CPU's kernels."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    g = torch.Generator().manual_seed(0)
+    k = 64 * 9
+    x = torch.randint(0, 2, (4, 64, 6, 6) if op == "ConvInteger" else (256, k), generator=g) * 255
+    w = torch.randint(0, 2, (32, 64, 3, 3) if op == "ConvInteger" else (k, 32), generator=g) * 255
+    x[0], w[0 if op == "ConvInteger" else slice(None), ...] = 255, 255  # every pair at 255 * 127
+    zx, zw = E.INPUT_ZERO_POINT, E.WEIGHT_ZERO_POINT
+    attrs = dict(pads=[1, 1, 1, 1]) if op == "ConvInteger" else {}
+    inits = [numpy_helper.from_array(w.numpy().astype("uint8"), "w"),
+             numpy_helper.from_array(torch.tensor(zx).numpy().astype("uint8"), "zx"),
+             numpy_helper.from_array(torch.tensor(zw).numpy().astype("uint8"), "zw")]
+    graph = helper.make_graph(
+        [helper.make_node(op, ["x", "w", "zx", "zw"], ["y"], **attrs)], "kernel",
+        [helper.make_tensor_value_info("x", TensorProto.UINT8, None)],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, None)], initializer=inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", E.OPSET)])
+    proto.ir_version = 8
+    got = E.onnx_session(proto.SerializeToString(), 1, spin=False).run(
+        None, {"x": x.numpy().astype("uint8")})[0]
+    if op == "ConvInteger":
+        want = I.integer_conv2d(x - zx, w - zw, padding=1)
+    else:
+        want = (x - zx) @ (w - zw)
+    assert abs(want).max() > 2**15  # sums far outside int16
+    assert torch.equal(torch.from_numpy(got).long(), want)
 
 
 @needs_onnx
@@ -583,6 +660,7 @@ def test_latency_table_times_the_float32_and_integer_graphs_of_one_network(tmp_p
     assert (table.integer_speedup == table.float32_ms / table.integer_ms).all()
     assert (table[["float32_ms", "integer_ms"]] > 0).all().all()
     assert "logical CPUs" in L.cpu_name()
+    assert (table.instruction_sets == L.instruction_sets()).all()
 
 
 def _saved_run(tmp_path, task: str, **fields):

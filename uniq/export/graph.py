@@ -22,9 +22,10 @@ Full-precision layers stay float. ``QuantizeLinear`` divides and rounds half to 
 ``torch.round`` does, so for the same float input every code matches PyTorch's; the float
 convolutions between quantizers sum in a different order, which moves logits by float rounding.
 
-``integer=True`` writes the integer graph instead: each quantized layer's input codes (int8)
-and weight codes (uint8 ``code + 128``, zero point 128) go into ``ConvInteger`` /
-``MatMulInteger``, which accumulate exactly in int32, and one ``DequantizeLinear`` multiplies
+``integer=True`` writes the integer graph instead: each quantized layer's input codes (uint8;
+signed codes with zero point 128) and weight codes (uint8 ``code + 128``, zero point 128) go
+into ``ConvInteger`` / ``MatMulInteger``, which accumulate exactly in int32 on every CPU
+(uint8 x uint8 kernels never saturate, see ``WEIGHT_ZERO_POINT``), and one ``DequantizeLinear`` multiplies
 the accumulator by ``scale_x * scale_w`` per output channel. Layers with 9-bit odd codes
 (8-bit UniQ) stay QDQ, or with ``nine_bit="split"`` are split exactly into int8 kernels.
 
@@ -134,15 +135,16 @@ def _quantized_weight(g: _Graph, layer: QConv2d | QLinear, base: str) -> str:
     return _dequantize(g, stored, grid, f"{base}_weight", None if grid.step.dim() == 0 else 0)
 
 
-def _input_codes(g: _Graph, x: str, quantizer: Quantizer, base: str, signed: bool = False
-                 ) -> tuple[str, IntegerGrid, str | None]:
-    """The codes of a layer's input: ``(codes, grid, levels)``.
+def _input_codes(g: _Graph, x: str, quantizer: Quantizer, base: str, integer: bool = False
+                 ) -> tuple[str, IntegerGrid, str | None, tuple[str, int]]:
+    """The codes of a layer's input: ``(codes, grid, levels, (zero point's name, value))``.
 
     Unsigned (Eq. 5) and LSQ inputs: ``codes`` is ``QuantizeLinear``'s output in the grid's
-    container, or in int8 where ``signed`` and the codes fit (after a Clip to the b-bit range
-    when it is narrower than the container). Signed UniQ inputs (Eq. 3): ``codes`` is the
-    float odd code ``q = 2k - (N-1)`` and ``levels`` the float level index ``k`` it came from
-    (``None`` otherwise)."""
+    container (after a Clip to the b-bit range when it is narrower than the container). With
+    ``integer`` the container is always uint8 (the operand type that no x86 kernel multiplies
+    with saturation, see ``WEIGHT_ZERO_POINT``), and signed LSQ codes carry the zero point 128.
+    Signed UniQ inputs (Eq. 3): ``codes`` is the float odd code ``q = 2k - (N-1)`` and
+    ``levels`` the float level index ``k`` it came from (``None`` otherwise)."""
     grid = integer_grid(quantizer, f"{base}.act_quantizer")
     if grid.step.numel() != 1:
         raise ValueError(f"{base}: only layer-wise (one step) input quantizers can be exported")
@@ -157,21 +159,21 @@ def _input_codes(g: _Graph, x: str, quantizer: Quantizer, base: str, signed: boo
         k = g.node("Round", [u], f"{b}_level")
         q = g.node("Sub", [g.node("Mul", [k, g.const(2.0, f"{b}_two")], f"{b}_twice"),
                            g.const(grid.levels, f"{b}_offset")], f"{b}_odd")
-        return q, grid, k
+        return q, grid, k, ("", 0)
     low, high = grid.code_range
-    container = _NP_TYPES[grid.container]
-    if signed and high <= np.iinfo(np.int8).max:
-        container = np.int8
+    container = np.uint8 if integer else _NP_TYPES[grid.container]
+    zero_point = 128 if integer and low < 0 else 0
     info = np.iinfo(container)
-    if (low, high) != (info.min, info.max):
+    if (low + zero_point, high + zero_point) != (info.min, info.max):
         # QuantizeLinear saturates only at the container's limits; clip to the b-bit range.
         # Rounding commutes with a clip at integer multiples of the step, so this is exact.
         bounds = torch.tensor([low, high], dtype=torch.float32) * step
         x = g.node("Clip", [x, g.const(bounds[0], f"{b}_min"), g.const(bounds[1], f"{b}_max")],
                    f"{b}_clipped")
-    zero = g.const(np.zeros((), container), f"{b}_zero_point", container)
+    zero = g.const(np.array(zero_point, container), f"{b}_zero_point", container)
     scale = g.const(step, f"{b}_scale")
-    return g.node("QuantizeLinear", [x, scale, zero], f"{b}_codes", doc=_describe(grid)), grid, None
+    codes = g.node("QuantizeLinear", [x, scale, zero], f"{b}_codes", doc=_describe(grid))
+    return codes, grid, None, (zero, zero_point)
 
 
 def _onnx_type(g: _Graph, dtype) -> int:
@@ -179,7 +181,7 @@ def _onnx_type(g: _Graph, dtype) -> int:
 
 
 def _quantized_input(g: _Graph, x: str, quantizer: Quantizer, base: str) -> str:
-    codes, grid, _ = _input_codes(g, x, quantizer, base)
+    codes, grid, _, _ = _input_codes(g, x, quantizer, base)
     if grid.kind == "symmetric":
         codes = g.node("Cast", [codes], f"{base}_input_codes",
                        to=_onnx_type(g, _NP_TYPES[grid.container]))
@@ -188,12 +190,16 @@ def _quantized_input(g: _Graph, x: str, quantizer: Quantizer, base: str) -> str:
 
 # --- integer layers (export with integer=True) -----------------------------------------------
 
-# Integer kernels are fed int8 inputs and uint8 weights (code + 128, zero point 128): with
-# int8 weights onnxruntime 1.32's ConvInteger took a slow path, 4-12x slower per convolution
-# on this project's 2-core Xeon (see the README), and with uint8 weights no x86 kernel
-# multiplies uint8 by int8 with VPMADDUBSW, whose saturating int16 pair sums are inexact on
-# CPUs without VNNI.
+# Integer kernels multiply uint8 by uint8: input codes as uint8 (signed codes with zero point
+# 128) and weight codes as uint8 ``code + 128`` with zero point 128. x86 kernels multiply
+# uint8 by int8 with VPMADDUBSW, whose pair sums saturate at int16 on CPUs without AVX-512
+# VNNI (AVX2: a pair of 255 * 127 products overflows), so an int8 operand would make the
+# accumulators depend on the CPU; uint8 x uint8 kernels widen to 16 bits before multiplying
+# and are exact on every instruction set (checked with every code at its extreme by the
+# tests, on the CPU that runs them). They are also the fast path of onnxruntime's
+# ConvInteger: with int8 weights it took a slow path, 3-12x slower per convolution.
 WEIGHT_ZERO_POINT = 128
+INPUT_ZERO_POINT = 128  # for signed input codes
 INTEGER_KERNELS = ("ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul",
                    "com.microsoft.MatMulIntegerToFloat", "com.microsoft.QLinearConv")
 
@@ -214,23 +220,29 @@ Operand = list[tuple[int, str, str]]  # sum of coefficient * (tensor - zero poin
 
 
 def _input_operand(g: _Graph, x: str, quantizer: Quantizer, base: str
-                   ) -> tuple[Operand, IntegerGrid, str]:
-    """The input codes as int8/uint8 tensors, and the tensor to tap (codes, any type).
+                   ) -> tuple[Operand, IntegerGrid, str, int]:
+    """The input codes as uint8 tensors with zero points, and the tensor to tap (codes, any
+    type) with its zero point.
 
-    Odd codes that fit int8 (up to 7 bits) are one int8 tensor. The 9-bit odd codes of an
-    8-bit symmetric input are split exactly: ``q = 2m + v`` with ``m = k - 128`` in int8 and
-    ``v = 1`` on every real position; ``v`` is a uint8 tensor of ones shaped like one sample,
-    whose zero padding matches the zero padding of ``q``."""
-    codes, grid, levels = _input_codes(g, x, quantizer, base, signed=True)
+    Unsigned codes are uint8 as they are; signed LSQ codes are ``code + 128`` (zero point 128).
+    Odd codes up to 7 bits are one uint8 tensor ``q + 128`` (zero point 128). The 9-bit odd
+    codes of an 8-bit symmetric input are split exactly: ``q = 2m + v`` with ``m = k - 128``
+    (the level index ``k`` in uint8, zero point 128) and ``v = 1`` on every real position;
+    ``v`` is a uint8 tensor of ones shaped like one sample, whose zero padding matches the
+    zero padding of ``q``."""
+    codes, grid, levels, (zero, zero_point) = _input_codes(g, x, quantizer, base, integer=True)
     b = f"{base}_input"
+    u8 = _onnx_type(g, np.uint8)
     if grid.kind != "symmetric":
-        return [(1, codes, "")], grid, codes
+        return [(1, codes, zero if zero_point else "")], grid, codes, zero_point
+    shifted_zero = g.const(np.array(INPUT_ZERO_POINT, np.uint8), f"{b}_code_zero_point",
+                           np.uint8)
     if grid.container == torch.int8:
-        return [(1, g.node("Cast", [codes], f"{b}_codes", to=_onnx_type(g, np.int8)), "")], \
-            grid, codes
-    half = 2 ** (grid.bits - 1)
-    m = g.node("Cast", [g.node("Sub", [levels, g.const(float(half), f"{b}_half")],
-                               f"{b}_centred")], f"{b}_codes_half", to=_onnx_type(g, np.int8))
+        shifted = g.node("Add", [codes, g.const(float(INPUT_ZERO_POINT), f"{b}_shift")],
+                         f"{b}_shifted_codes")
+        return [(1, g.node("Cast", [shifted], f"{b}_codes", to=u8), shifted_zero)], \
+            grid, codes, 0
+    m = g.node("Cast", [levels], f"{b}_level_codes", to=u8)  # k; k - 128 with the zero point
     shape = g.node("Shape", [x], f"{b}_shape")
     rest = g.node("Slice", [shape, g.const([1], f"{b}_from", np.int64),
                             g.const([np.iinfo(np.int64).max], f"{b}_to", np.int64)], f"{b}_dims")
@@ -238,7 +250,7 @@ def _input_operand(g: _Graph, x: str, quantizer: Quantizer, base: str
                  f"{b}_sample_shape", axis=0)
     ones = g.onnx.helper.make_tensor("value", g.onnx.TensorProto.UINT8, [1], [1])
     valid = g.node("ConstantOfShape", [one], f"{b}_valid", value=ones)
-    return [(2, m, ""), (1, valid, "")], grid, codes
+    return [(2, m, shifted_zero), (1, valid, "")], grid, codes, 0
 
 
 def _weight_operand(g: _Graph, codes: torch.Tensor, grid: IntegerGrid, base: str,
@@ -286,7 +298,7 @@ def _integer_layer(g: _Graph, m: QConv2d | QLinear, x: str, base: str, conv: dic
     the int32 accumulator cast to float and multiplied by one scale per output channel
     (``sx sw``, rounded once to float32). Returns the output, the tapped input codes with
     their scale, the integer kernel nodes and the int32 accumulator."""
-    xs, x_grid, tap = _input_operand(g, x, m.act_quantizer, base)
+    xs, x_grid, tap, tap_zero = _input_operand(g, x, m.act_quantizer, base)
     w_grid = integer_grid(m.weight_quantizer, f"{base}.weight_quantizer")
     ws = _weight_operand(g, to_codes(m.weight, w_grid), w_grid, base, conv is None,
                          (conv or {}).get("group", 1))
@@ -305,7 +317,7 @@ def _integer_layer(g: _Graph, m: QConv2d | QLinear, x: str, base: str, conv: dic
     if m.bias is not None:
         bias = m.bias.detach().reshape(1, -1, 1, 1) if conv is not None else m.bias
         y = g.node("Add", [y, g.const(bias, f"{base}_bias")], base)
-    return y, (tap, float(x_grid.scale.reshape(()))), kernels, acc
+    return y, (tap, float(x_grid.scale.reshape(())), tap_zero), kernels, acc
 
 
 class _Tracer(fx.Tracer):
@@ -344,6 +356,7 @@ class _Converter:
         # an integer graph, its input codes, whose values are codes * tap_scales[layer]
         self.taps: dict[str, str] = {}
         self.tap_scales: dict[str, float] = {}
+        self.tap_zero_points: dict[str, int] = {}  # taps holding code + zero point
         self.integer_kernels: dict[str, list[str]] = {}  # layer name -> its integer nodes
         self.accumulators: dict[str, str] = {}  # layer name -> its int32 accumulator
         self.qdq_layers: list[str] = []  # quantized layers an integer graph keeps in QDQ form
@@ -449,8 +462,10 @@ class _Converter:
                         pads=[ph, pw, ph, pw], dilations=list(m.dilation), group=m.groups)
         if self.integer and wq is not None and aq is not None and (
                 self.nine_bit == "split" or not _nine_bit(m)):
-            y, (tap, scale), kernels, acc = _integer_layer(g, m, x, base, conv)
+            y, (tap, scale, zero), kernels, acc = _integer_layer(g, m, x, base, conv)
             self.taps[name], self.tap_scales[name] = tap, scale
+            if zero:
+                self.tap_zero_points[name] = zero
             self.integer_kernels[name], self.accumulators[name] = kernels, acc
             return y
         if aq is not None:
@@ -614,6 +629,7 @@ def build_onnx(model: nn.Module, example_input: torch.Tensor, opset: int = OPSET
         "uniq.form": form, "uniq.quantizers": json.dumps(grids),
         "uniq.input_taps": json.dumps(converter.taps),
         "uniq.input_tap_scales": json.dumps(converter.tap_scales),
+        "uniq.input_tap_zero_points": json.dumps(converter.tap_zero_points),
         "uniq.integer_kernels": json.dumps(converter.integer_kernels),
         "uniq.accumulators": json.dumps(converter.accumulators),
         "uniq.qdq_layers": json.dumps(converter.qdq_layers)})
@@ -692,14 +708,20 @@ def check_parity(model: nn.Module, path: str | Path, x: torch.Tensor, rtol: floa
     feed = {INPUT_NAME: x.detach().cpu().float().numpy()}
     free = onnx_session(path, threads=1, spin=False).run(None, feed)[0]
     scales: dict[str, float] = json.loads(props.get("uniq.input_tap_scales", "{}"))
+    zero_points: dict[str, int] = json.loads(props.get("uniq.input_tap_zero_points", "{}"))
     for layer, name in list(taps.items()):
         if layer in scales:  # integer graph: tap the codes, dequantize them here
             value = f"uniq_tap_{len(proto.graph.node)}"
-            proto.graph.initializer.append(onnx.numpy_helper.from_array(
-                np.array(scales[layer], np.float32), f"{value}_scale"))
+            proto.graph.initializer.extend([
+                onnx.numpy_helper.from_array(np.array(scales[layer], np.float32),
+                                             f"{value}_scale"),
+                onnx.numpy_helper.from_array(np.array(zero_points.get(layer, 0), np.float32),
+                                             f"{value}_zero")])
             proto.graph.node.extend([
-                onnx.helper.make_node("Cast", [name], [f"{value}_codes"],
+                onnx.helper.make_node("Cast", [name], [f"{value}_stored"],
                                       to=onnx.TensorProto.FLOAT),
+                onnx.helper.make_node("Sub", [f"{value}_stored", f"{value}_zero"],
+                                      [f"{value}_codes"]),
                 onnx.helper.make_node("Mul", [f"{value}_codes", f"{value}_scale"], [value])])
             taps[layer] = name = value
         proto.graph.output.append(onnx.helper.make_tensor_value_info(

@@ -84,6 +84,29 @@ def cpu_name() -> str:
     return f"{name} ({cpus} logical CPUs)"
 
 
+# The x86 and ARM extensions that decide which integer kernels onnxruntime runs: AVX2 alone
+# multiplies uint8 by int8 in saturating 16-bit pairs (VPMADDUBSW), AVX-512 VNNI / AVX-VNNI
+# accumulate in 32 bits (VPDPBUSD), AMX multiplies tiles; ARM's dot products (asimddp, i8mm).
+INTEGER_EXTENSIONS = ("sse4_1", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni",
+                      "avx_vnni", "amx_int8", "asimddp", "i8mm")
+
+
+def instruction_sets() -> str:
+    """The CPU's integer-relevant instruction-set extensions (``INTEGER_EXTENSIONS`` found in
+    ``/proc/cpuinfo``'s flags), space-separated, or the machine type where that is not
+    readable."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.machine()
+    flags: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            flags.update(line.split(":", 1)[1].split())
+    found = [f for f in INTEGER_EXTENSIONS if f in flags]
+    return " ".join(found) if found else f"{platform.machine()} (none of {INTEGER_EXTENSIONS})"
+
+
 def _load() -> float | None:
     return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
@@ -120,7 +143,8 @@ def latency_table(graphs: dict[str, str | Path], image_size: int, batches=(1, 32
                   spin: bool = True):
     """``compare_latency`` for every batch size and thread count (Gaussian input; the timings
     do not depend on the values), with ``{name}_speedup = baseline_ms / name_ms`` for every
-    other graph: above 1 means faster than the baseline."""
+    other graph (above 1 means faster than the baseline) and the CPU's ``instruction_sets``,
+    which decide the integer kernels onnxruntime ran."""
     import pandas as pd
 
     g = torch.Generator().manual_seed(seed)
@@ -130,6 +154,7 @@ def latency_table(graphs: dict[str, str | Path], image_size: int, batches=(1, 32
         for t in threads:
             rows.append(compare_latency(graphs, x, t, repeats, spin=spin))
     table = pd.DataFrame(rows)
+    table["instruction_sets"] = instruction_sets()
     for name in graphs:
         if name != baseline:
             table[f"{name}_speedup"] = table[f"{baseline}_ms"] / table[f"{name}_ms"]
@@ -137,4 +162,5 @@ def latency_table(graphs: dict[str, str | Path], image_size: int, batches=(1, 32
 
 
 __all__ = ["NETWORKS", "benchmark_networks", "export_float_onnx", "cpu_name",
+           "INTEGER_EXTENSIONS", "instruction_sets",
            "compare_latency", "latency_table"]
