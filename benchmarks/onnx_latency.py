@@ -25,6 +25,7 @@ import torch
 
 from uniq import export as X
 from uniq.export import latency as L
+from uniq.export.graph import require
 
 
 def checked(model, path, size: int) -> bool:
@@ -52,7 +53,7 @@ def main() -> None:
     p.add_argument("--json", type=Path, default=None, help="also write the rows here")
     a = p.parse_args()
     ints = lambda s: [int(v) for v in s.split(",")]  # noqa: E731
-    print(f"CPU: {L.cpu_name()}; onnxruntime {X.require('onnxruntime').__version__}, "
+    print(f"CPU: {L.cpu_name()}; onnxruntime {require('onnxruntime').__version__}, "
           f"torch {torch.__version__}")
     tables = []
     with tempfile.TemporaryDirectory() as tmp:

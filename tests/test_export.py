@@ -426,9 +426,10 @@ def extreme_codes(model):
 
 
 @needs_onnx
-@pytest.mark.parametrize("bits,method,granularity", [
-    (2, "uniq", "tensor"), (4, "uniq", "channel"), (8, "uniq", "channel"), (8, "lsq", "tensor")])
-def test_integer_graph_is_exact_with_every_code_at_its_extreme(bits, method, granularity,
+@pytest.mark.parametrize("bits,method,granularity,fused", [
+    (2, "uniq", "tensor", False), (4, "uniq", "channel", False), (8, "uniq", "channel", False),
+    (8, "lsq", "tensor", False), (2, "uniq", "channel", True), (7, "uniq", "channel", True)])
+def test_integer_graph_is_exact_with_every_code_at_its_extreme(bits, method, granularity, fused,
                                                                tmp_path):
     """The worst case of a kernel that multiplies 8-bit operands in 16-bit pairs (AVX2's
     VPMADDUBSW saturates a pair sum of two 255 * 127 products): every code at its extreme,
@@ -436,13 +437,16 @@ def test_integer_graph_is_exact_with_every_code_at_its_extreme(bits, method, gra
     accumulators must equal the int64 reference exactly."""
     model = extreme_codes(converted(trained_like(), bits, method, granularity))
     path = E.export_onnx(model, tmp_path / "int.onnx", torch.randn(1, 3, 32, 32), integer=True,
-                         nine_bit="split")
+                         nine_bit="split", fused=fused)
     x = torch.randn(3, 3, 32, 32)
     x[0], x[1] = x[0].abs() + 0.5, -x[1].abs() - 0.5  # all codes high, all codes low
     layers = I.integer_layers(model)
     assert E.integer_layers(path)["missing"] == []
     found = accumulators(path, x)
-    assert sorted(found) == sorted(layers)
+    if fused:  # the fused layers' accumulators stay inside QLinearConv
+        assert_fused_codes_exact(model, path, x)
+    else:
+        assert sorted(found) == sorted(layers)
     for name, (codes, acc) in found.items():
         layer = layers[name]
         for what, c, grid in (("weight", layer.weight_codes, layer.weight_grid),
@@ -485,6 +489,71 @@ def test_the_integer_kernels_operand_types_cannot_saturate(op):
         want = (x - zx) @ (w - zw)
     assert abs(want).max() > 2**15  # sums far outside int16
     assert torch.equal(torch.from_numpy(got).long(), want)
+
+
+def tapped_codes(path, x):
+    """Every integer layer's input codes as onnxruntime computed them (zero point removed)."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    props = {p.key: p.value for p in proto.metadata_props}
+    taps = json.loads(props["uniq.input_taps"])
+    zero_points = json.loads(props["uniq.input_tap_zero_points"])
+    names = list(dict.fromkeys(taps.values()))
+    proto.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names)
+    outs = dict(zip(names, E.onnx_session(proto.SerializeToString(), 1, spin=False).run(
+        names, {"input": x.numpy()}), strict=True))
+    fused = json.loads(props["uniq.fused_layers"])
+    return ({n: torch.from_numpy(outs[t]).long() - zero_points.get(n, 0)
+             for n, t in taps.items()}, fused)
+
+
+def assert_fused_codes_exact(model, path, x):
+    """Each fused layer's output codes equal the int64 reference of what its QLinearConv is
+    documented to compute: ``clip(round((sign * acc + round(B/|A|)) |A|), 0, N-1)`` with the
+    exact integer accumulator ``acc`` of its input codes; float32 scaling may move a code only
+    at a tie."""
+    codes, fused = tapped_codes(path, x)
+    layers, modules = I.integer_layers(model), dict(model.named_modules())
+    assert fused
+    for name, nxt in fused.items():
+        m, n = modules[name], modules[nxt]
+        bn = next(mod for key, mod in modules.items()  # the BatchNorm between the two
+                  if isinstance(mod, nn.BatchNorm2d) and key.rsplit(".", 1)[0] ==
+                  name.rsplit(".", 1)[0] and mod.num_features == m.out_channels
+                  and key.endswith("bn2"))
+        gain, offset = E._affine(m, bn, n)
+        acc = layers[name].integer_forward(codes[name]).double()
+        mag = gain.abs().reshape(1, -1, 1, 1)
+        bias = torch.round(offset / gain.abs()).reshape(1, -1, 1, 1)
+        want = torch.round((torch.sign(gain).reshape(1, -1, 1, 1) * acc + bias) * mag)
+        want = want.clamp(0, I.integer_grid(n.act_quantizer).code_range[1]).long()
+        assert (want != codes[nxt]).float().mean() <= 1e-3, name
+
+
+@needs_onnx
+@pytest.mark.parametrize("bits,method", [(2, "uniq"), (4, "uniq"), (3, "lsq")])
+def test_fused_integer_graph_requantizes_in_one_kernel(bits, method, tmp_path):
+    """Fused requantization: each block's first conv, BatchNorm, ReLU and the next quantizer
+    are one QLinearConv (+ Clip) that onnxruntime runs as an integer kernel; PyTorch fed the
+    same codes gives the same logits; the fused codes are the documented integer arithmetic;
+    the codes its rounded bias moves, against PyTorch's quantizer, are counted per layer."""
+    model = converted(trained_like(), bits, method)
+    path = E.export_onnx(model, tmp_path / "f.onnx", torch.randn(1, 3, 32, 32), integer=True,
+                         fused=True)
+    found = E.integer_layers(path)
+    assert found["missing"] == []
+    assert found["qdq_layers"] == (["conv1", "fc"] if method == "uniq" else [])  # 9-bit codes
+    x = torch.randn(4, 3, 32, 32)
+    r = E.check_parity(model, path, x)
+    assert r["allclose"] and r["top1_agree_forced"] == 1.0
+    _, fused = tapped_codes(path, x)
+    assert sorted(fused) == [f"blocks.{i}.conv1" for i in range(3)]
+    moved = r["codes_differing_by_layer"]
+    assert all(moved[n] <= 1e-4 for n in moved if n not in fused.values())  # not fused: ties
+    assert_fused_codes_exact(model, path, x)
+    with pytest.raises(ValueError, match="integer=True"):
+        E.build_onnx(model, x[:1], fused=True)
 
 
 @needs_onnx

@@ -25,7 +25,8 @@ from ..convert import calibrate, quantize_model
 from ..models import adaptive_pooling, imagenet_model, preact_resnet
 from .graph import INPUT_NAME, OPSET, OUTPUT_NAME, onnx_session, require
 
-NETWORKS = {"resnet32": 32, "preresnet18": 224}  # name -> image size
+# name -> image size; resnet8 is a small stand-in for quick checks of the benchmark itself
+NETWORKS = {"resnet32": 32, "preresnet18": 224, "resnet8": 32}
 
 
 def benchmark_networks(name: str, bits: int = 2, seed: int = 0) -> tuple[nn.Module, nn.Module,
@@ -40,8 +41,8 @@ def benchmark_networks(name: str, bits: int = 2, seed: int = 0) -> tuple[nn.Modu
         raise ValueError(f"unknown network {name!r}; choose from {list(NETWORKS)}")
     size = NETWORKS[name]
     torch.manual_seed(seed)
-    fp = (preact_resnet(32, 100) if name == "resnet32"
-          else adaptive_pooling(imagenet_model("preresnet18")))
+    fp = (adaptive_pooling(imagenet_model(name)) if name == "preresnet18"
+          else preact_resnet(int(name.removeprefix("resnet")), 100))
     with torch.no_grad():
         fp.train()(torch.randn(8, 3, size, size) * 2)
     fp.eval()
