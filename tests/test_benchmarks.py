@@ -45,9 +45,10 @@ def test_onnx_latency_runs_on_a_tiny_network(tmp_path, monkeypatch, capsys):
     assert result["instruction_sets"] and len(result["rows"]) == 1
     row = result["rows"][0]
     assert row["checked"] is True and row["batch"] == 1
-    for graph in ("float32", "integer", "fused"):
+    for graph in ("float32", "integer", "fused", "bitserial"):
         assert row[f"{graph}_ms"] > 0
     assert row["integer_speedup"] == pytest.approx(row["float32_ms"] / row["integer_ms"])
+    assert result["kernels"] and all(k["exact"] for k in result["kernels"])
 
 
 def test_train_step_runs_on_a_tiny_network(tmp_path, monkeypatch, capsys):
