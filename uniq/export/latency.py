@@ -17,6 +17,7 @@ import statistics
 import tempfile
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -223,8 +224,8 @@ def kernel_table(model: nn.Module, x: torch.Tensor, threads: int = 1, repeats: i
             session = onnx_session(proto.SerializeToString(), threads)
             feed = {"x": codes.numpy().astype(np.uint8)}
             conv = layer.conv_args()
-            runs = {"float32": lambda: torch.nn.functional.conv2d(x_float, w_float, **conv),
-                    "int8": lambda: session.run(None, feed), "bitserial": lambda: kernel(codes)}
+            runs = {"float32": partial(torch.nn.functional.conv2d, x_float, w_float, **conv),
+                    "int8": partial(session.run, None, feed), "bitserial": partial(kernel, codes)}
             ms = {}
             for label, run in runs.items():
                 run()
@@ -280,6 +281,6 @@ def op_profile(path: str | Path, x: torch.Tensor, threads: int, runs: int = 3):
     return table
 
 
-__all__ = ["kernel_table", "op_profile","NETWORKS", "benchmark_networks", "export_float_onnx", "cpu_name",
-           "INTEGER_EXTENSIONS", "instruction_sets",
-           "compare_latency", "latency_table"]
+__all__ = ["NETWORKS", "benchmark_networks", "export_float_onnx", "cpu_name",
+           "INTEGER_EXTENSIONS", "instruction_sets", "compare_latency", "latency_table",
+           "kernel_table", "op_profile"]
