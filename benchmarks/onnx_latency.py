@@ -61,9 +61,13 @@ def main() -> None:
     p.add_argument("--models", default="resnet32,preresnet18", help=f"of {list(L.NETWORKS)}")
     p.add_argument("--bits", default="2", help="comma list of UniQ bit widths")
     p.add_argument("--batches", default="1,32")
-    p.add_argument("--threads", default="2", help="intra-op threads, the same for all graphs")
+    p.add_argument("--threads", default="1,2", help="intra-op threads, the same for all graphs")
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--no-kernels", action="store_true", help="skip the per-layer kernel table")
+    p.add_argument("--qdq", action="store_true", help="time the QDQ graph too")
+    p.add_argument("--split", action="store_true",
+                   help="time the integer graph with nine_bit='split' too (the 8-bit first "
+                        "and last layers in 8-bit kernels instead of float)")
     p.add_argument("--no-spin", action="store_true",
                    help="idle intra-op threads sleep instead of busy-waiting (fairer on a "
                         "shared, loaded machine; onnxruntime's default spins)")
@@ -85,7 +89,13 @@ def main() -> None:
                           "integer": X.export_onnx(q, f"{tmp}/int.onnx", example, integer=True),
                           "fused": X.export_onnx(q, f"{tmp}/fused.onnx", example, integer=True,
                                                  fused=True)}
-                checks = {k: checked(q, graphs[k], size) for k in ("integer", "fused")}
+                if a.split:
+                    graphs["integer_split"] = X.export_onnx(q, f"{tmp}/split.onnx", example,
+                                                            integer=True, nine_bit="split")
+                if a.qdq:
+                    graphs["qdq"] = X.export_onnx(q, f"{tmp}/qdq.onnx", example)
+                checks = {k: checked(q, graphs[k], size) for k in graphs
+                          if k.startswith(("integer", "fused"))}
                 moved = checks["fused"]["codes_differing_by_layer"]
                 fused_layers = json.loads({p.key: p.value for p in require("onnx").load(
                     str(graphs["fused"])).metadata_props}["uniq.fused_layers"]).values()
@@ -108,7 +118,7 @@ def main() -> None:
                         kernel_rows.append(kernels)
                 table.insert(0, "model", f"{name} {size}px")
                 table.insert(1, "bits", bits)
-                table.insert(2, "checked", checks["integer"]["ok"] and checks["fused"]["ok"])
+                table.insert(2, "checked", all(c["ok"] for c in checks.values()))
                 tables.append(table)
                 print(table.round(3).to_markdown(index=False), flush=True)
                 target = TARGETS.get(name)
