@@ -14,7 +14,8 @@ images. Side by side, on the same input and threads, interleaved run by run:
   as one ``QLinearConv`` where the network allows it (its bias rounded to the accumulator's
   grid: the codes that moves are printed per layer with the top-1 agreement);
 * ``bitserial`` (bits <= 2): the PyTorch model with every 1-2-bit convolution computed by
-  ``uniq.export.bitserial`` (AND + popcount on packed words, numpy), the rest in PyTorch.
+  ``uniq.export.bitserial`` (AND + popcount on packed words, numpy), the rest in PyTorch;
+  at 224 px only at batch 1 (a batch of 32 takes minutes).
 
 Before timing, both integer graphs are checked against PyTorch (forced codes: logits to float
 tolerance, same top-1) and onnxruntime's optimised graph is searched for an integer kernel per
@@ -35,6 +36,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from uniq import export as X
@@ -103,13 +105,17 @@ def main() -> None:
                       + ", ".join(f"{moved[n]:.2%} of {n}'s codes" for n in fused_layers)
                       + f"; top-1 agreement with PyTorch {checks['fused']['top1_agree']:.0%} "
                       "(integer graph: " f"{checks['integer']['top1_agree']:.0%})")
+                parts = []
                 with contextlib.ExitStack() as stack:
-                    timed = dict(graphs)
                     if bits <= MAX_BITS:  # the model's 1-2-bit convs through the kernel
                         stack.enter_context(bitserial(q))
-                        timed["bitserial"] = q
-                    table = L.latency_table(timed, size, ints(a.batches), ints(a.threads),
-                                            a.repeats, spin=not a.no_spin)
+                    for batch in ints(a.batches):
+                        timed = dict(graphs)
+                        if bits <= MAX_BITS and (size < 224 or batch == 1):
+                            timed["bitserial"] = q  # at 224 px, batch 32: minutes, left out
+                        parts.append(L.latency_table(timed, size, (batch,), ints(a.threads),
+                                                     a.repeats, spin=not a.no_spin))
+                table = pd.concat(parts, ignore_index=True)
                 if bits <= MAX_BITS:
                     if not a.no_kernels:
                         kernels = L.kernel_table(q, torch.randn(max(ints(a.batches)), 3, size,
@@ -139,15 +145,11 @@ def main() -> None:
                                   "per run):")
                             print(prof.head(8).round(3).to_markdown(index=False))
     if kernel_rows:
-        import pandas as pd
-
         kernels = pd.concat(kernel_rows, ignore_index=True)
         print("\none convolution: float32 (PyTorch), 8-bit integer kernel (onnxruntime "
               "ConvInteger) and bit-serial (numpy popcount), ms")
         print(kernels.round(3).to_markdown(index=False))
     if a.json:
-        import pandas as pd
-
         a.json.write_text(json.dumps({
             "cpu": L.cpu_name(), "instruction_sets": isa, "verdicts": verdicts,
             "rows": pd.concat(tables).to_dict("records"),

@@ -699,6 +699,16 @@ def test_cli_exports_a_cifar_run_and_refuses_bad_run_dirs(tmp_path, capsys):
     assert report["form"] == "integer" and report["allclose"] and report["missing"] == []
     assert report["qdq_layers"] == ["conv1", "fc"]  # 8-bit odd codes (9 bits) stay QDQ
 
+    fused = tmp_path / "out" / "fused.onnx"
+    assert main(["export", str(run), "-o", str(fused), "--batch", "2", "--integer",
+                 "--fused"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["allclose"] and report["missing"] == []
+    assert set(report["codes_differing_by_layer"]) == set(report["integer_layers"]) | {"conv1",
+                                                                                       "fc"}
+    assert main(["export", str(run), "-o", str(tmp_path / "f.onnx"), "--fused"]) == 2
+    assert "integer" in capsys.readouterr().err
+
     missing = tmp_path / "nothing.onnx"
     assert main(["export", str(tmp_path / "no-such-run"), "-o", str(missing)]) == 2
     assert "not found" in capsys.readouterr().err
