@@ -118,8 +118,9 @@ def main() -> None:
                 table = pd.concat(parts, ignore_index=True)
                 if bits <= MAX_BITS:
                     if not a.no_kernels:
-                        kernels = L.kernel_table(q, torch.randn(max(ints(a.batches)), 3, size,
-                                                                size), max(ints(a.threads)), 3)
+                        batch = max(ints(a.batches)) if size < 224 else 1
+                        kernels = L.kernel_table(q, torch.randn(batch, 3, size, size),
+                                                 max(ints(a.threads)), 3)
                         kernels.insert(0, "model", f"{name} {size}px")
                         kernel_rows.append(kernels)
                 table.insert(0, "model", f"{name} {size}px")
