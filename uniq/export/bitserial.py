@@ -22,10 +22,11 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..modules import QConv2d
-from .integer import IntegerLayer, _out_size, _patches, integer_layer, to_codes
+from .integer import IntegerLayer, _out_size, integer_layer, to_codes
 
 MAX_BITS = 2  # widths this kernel is for: b_w x b_x passes, beyond 2 bits int8 kernels win
 ROWS_PER_CHUNK = 4096  # output positions per AND-popcount pass (bounds the temporary memory)
@@ -65,10 +66,13 @@ class BitSerialConv2d:
 
     def __call__(self, x_codes: torch.Tensor) -> torch.Tensor:
         layer = self.layer
-        args = (self.kernel, layer.stride, layer.padding, layer.dilation, 1)
-        patches = _patches(x_codes.to(torch.uint8), *args)[:, 0]  # (B, K, L)
+        args = (self.kernel, layer.stride, layer.padding, layer.dilation)
+        # im2col by PyTorch's float unfold (codes < 2^24 are exact in float32), whose
+        # (C, kh, kw) order is the weight's; much faster than unfolding uint8
+        patches = F.unfold(x_codes.float(), self.kernel, layer.dilation, layer.padding,
+                           layer.stride)                                   # (B, K, L)
         b, _, positions = patches.shape
-        rows = patches.transpose(1, 2).reshape(b * positions, -1).numpy()  # (B L, K)
+        rows = patches.transpose(1, 2).to(torch.uint8).reshape(b * positions, -1).numpy()
         acc = np.zeros((rows.shape[0], self.out_channels), np.int64)
         for j in range(self.x_bits):
             a = pack_rows((rows >> j) & 1)                                   # (B L, words)
@@ -80,7 +84,7 @@ class BitSerialConv2d:
                     both[start:start + ROWS_PER_CHUNK] = np.bitwise_count(chunk).sum(
                         -1, dtype=np.int64)
                 acc += (2 * both - ones) << (i + j)
-        ho, wo = _out_size(x_codes.shape[2:], *args[:4])
+        ho, wo = _out_size(x_codes.shape[2:], *args)
         out = torch.from_numpy(acc).reshape(b, ho, wo, self.out_channels)
         return out.permute(0, 3, 1, 2).contiguous()
 
