@@ -14,7 +14,7 @@ images. Side by side, on the same input and threads, interleaved run by run:
   as one ``QLinearConv`` where the network allows it (its bias rounded to the accumulator's
   grid: the codes that moves are printed per layer with the top-1 agreement);
 * ``bitserial`` (bits <= 2): the PyTorch model with every 1-2-bit convolution computed by
-  ``uniq.export.bitserial`` (AND + popcount on packed words, numpy), the rest in PyTorch;
+  ``uniq.deploy.bitserial`` (AND + popcount on packed words, numpy), the rest in PyTorch;
   at 224 px only at batch 1 (a batch of 32 takes minutes).
 
 Before timing, both integer graphs are checked against PyTorch (forced codes: logits to float
@@ -40,9 +40,9 @@ import pandas as pd
 import torch
 
 from uniq import export as X
-from uniq.export import latency as L
-from uniq.export.bitserial import MAX_BITS, bitserial
-from uniq.export.graph import require
+from uniq.deploy import latency as L
+from uniq.deploy.bitserial import MAX_BITS, bitserial
+from uniq.deploy.graph import require
 
 TARGETS = {"preresnet18": 1.5, "resnet32": 1.0}  # integer graph vs float32, batch 32, 2 threads
 

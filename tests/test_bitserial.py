@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import uniq
-import uniq.export.integer as I
-from uniq.export import bitserial as B
+import uniq.deploy.integer as I
+from uniq.deploy import bitserial as B
 from uniq.models import preact_resnet
 
 

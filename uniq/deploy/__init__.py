@@ -6,7 +6,7 @@ integer kernels with ``integer=True``, fused requantization with ``fused=True``)
 checked by onnxruntime, and the ``export`` command. ``bitserial``: the 1-2-bit AND-popcount
 kernel. ``latency``: timings of the float, integer and bit-serial forms side by side.
 
-``import uniq.export as X`` gives the writer's functions (``X.export_onnx``) and the other
+``import uniq.deploy as X`` gives the writer's functions (``X.export_onnx``) and the other
 modules (``X.integer``, ``X.bitserial``, ``X.latency``).
 """
 

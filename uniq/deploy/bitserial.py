@@ -1,6 +1,6 @@
 """A bit-serial kernel for 1- and 2-bit layers: AND and popcount on packed 64-bit words.
 
-The identity ``uniq.export.integer.bitplane_conv2d`` checks, run as a kernel. A UniQ weight code
+The identity ``uniq.deploy.integer.bitplane_conv2d`` checks, run as a kernel. A UniQ weight code
 (Eq. 3) is ``q = sum_i 2^i s_i`` with planes ``s_i = 2 w_i - 1`` in ``{-1, +1}`` (bits
 ``w_i``), an unsigned input code (Eq. 5) is ``k = sum_j 2^j a_j`` with bits ``a_j``, so
 
