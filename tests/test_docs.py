@@ -1,6 +1,8 @@
 """The user documentation: the README stays short, every relative link (and its #anchor) finds
-its target, and no page speaks of how the project was built instead of how to use it."""
+its target, and no page or notebook speaks of how the project was built instead of how to use
+it."""
 
+import json
 import re
 from pathlib import Path
 
@@ -107,6 +109,15 @@ def test_no_page_speaks_of_how_the_project_was_built(page):
     found = [(n, hit) for n, line in enumerate(page.read_text().splitlines(), 1)
              for hit in build_history(line)]
     assert not found, f"{page.relative_to(REPO)}: build history at (line, words) {found}"
+
+
+@pytest.mark.parametrize("notebook", sorted((REPO / "notebooks").glob("*.ipynb")),
+                         ids=lambda p: p.name)
+def test_no_notebook_speaks_of_how_the_project_was_built(notebook):
+    cells = json.loads(notebook.read_text())["cells"]
+    found = [(n, hit) for n, cell in enumerate(cells)
+             for hit in build_history("".join(cell["source"]))]
+    assert not found, f"{notebook.name}: build history at (cell, words) {found}"
 
 
 def test_the_checks_can_fail(tmp_path):
