@@ -16,7 +16,8 @@ README_MAX_LINES = 200
 def user_pages() -> list[Path]:
     """Every markdown page written for users."""
     pages = [README, REPO / "CHANGELOG.md", REPO / "data" / "README.md",
-             REPO / "benchmarks" / "results" / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+             REPO / "results" / "README.md", REPO / "benchmarks" / "results" / "README.md",
+             *sorted((REPO / "docs").glob("*.md"))]
     return [p for p in pages if p.exists()]
 
 
