@@ -39,7 +39,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from uniq import export as X
+from uniq import deploy as X
 from uniq.deploy import latency as L
 from uniq.deploy.bitserial import MAX_BITS, bitserial
 from uniq.deploy.graph import require
