@@ -59,7 +59,7 @@ from ..repro.data import FINEGRAIN_SIZE, load_dataset, normalize
 from ..repro.paths import resolve_path
 from ..repro.runs import Run
 from ..repro.tasks import DATA_SEED
-from .integer import IntegerGrid, from_codes, integer_grid, to_codes
+from .integer import IntegerGrid, from_codes, integer_grid, pair, to_codes
 
 OPSET = 13
 INSTALL_HINT = 'pip install "uniq[export]"'
@@ -525,19 +525,19 @@ class _Converter:
             return self.flatten(node, x, m.start_dim, m.end_dim, base)
         if isinstance(m, nn.MaxPool2d) and not m.return_indices:
             return g.node("MaxPool", [x], base, **self.pool_attrs(m, name),
-                          dilations=list(_pair(m.dilation)))
+                          dilations=list(pair(m.dilation)))
         if isinstance(m, nn.AvgPool2d) and m.divisor_override is None:
             return g.node("AveragePool", [x], base, **self.pool_attrs(m, name),
                           count_include_pad=int(m.count_include_pad))
-        if isinstance(m, nn.AdaptiveAvgPool2d) and _pair(m.output_size) == (1, 1):
+        if isinstance(m, nn.AdaptiveAvgPool2d) and pair(m.output_size) == (1, 1):
             return g.node("GlobalAveragePool", [x], base)
         raise ValueError(f"cannot export layer {name!r} ({type(m).__name__}): unsupported; "
                          f"the exporter handles {SUPPORTED}")
 
     def pool_attrs(self, m: nn.Module, name: str) -> dict:
-        k = _pair(m.kernel_size)
-        s = _pair(m.stride if m.stride else m.kernel_size)
-        p = _pair(m.padding)
+        k = pair(m.kernel_size)
+        s = pair(m.stride if m.stride else m.kernel_size)
+        p = pair(m.padding)
         return dict(kernel_shape=list(k), strides=list(s), pads=[p[0], p[1], p[0], p[1]],
                     ceil_mode=int(m.ceil_mode))
 
@@ -661,7 +661,7 @@ class _Converter:
         if t in (torch.flatten, "flatten"):
             return self.flatten(node, self.names[args[0]], arg(1, "start_dim", 0),
                                 arg(2, "end_dim", -1), base)
-        if t is F.adaptive_avg_pool2d and _pair(arg(1, "output_size")) == (1, 1):
+        if t is F.adaptive_avg_pool2d and pair(arg(1, "output_size")) == (1, 1):
             return g.node("GlobalAveragePool", [self.names[args[0]]], base)
         if t == "mean" and sorted(d % 4 for d in _tuple(arg(1, "dim"))) == [2, 3]:
             keep = int(bool(arg(2, "keepdim", False)))
@@ -689,10 +689,6 @@ class _Converter:
         what = t if isinstance(t, str) else getattr(t, "__name__", repr(t))
         raise ValueError(f"cannot export the operation {what!r} (node {base}): unsupported; "
                          f"the exporter handles {SUPPORTED}")
-
-
-def _pair(v: Any) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
 def _tuple(v: Any) -> tuple:
