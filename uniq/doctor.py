@@ -91,8 +91,8 @@ class Options:
             if g not in GROUPS:
                 raise ValueError(f"unknown check group {g!r}; use {', '.join(GROUPS)}")
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
-            raise ValueError(f"--steps must be a positive number of steps (0: the default), "
-                             f"got {self.steps}")
+            raise ValueError(f"--steps must be a whole number of steps, 0 or more (0: the "
+                             f"default), got {self.steps}")
         if not (isinstance(self.budget_s, int | float) and math.isfinite(self.budget_s)
                 and self.budget_s > 0):
             raise ValueError(f"--budget must be a positive number of seconds, got "
