@@ -3,6 +3,7 @@ traceback, and the runs and results folders exactly as they were (a hash of ever
 and after each case). The report is safe to open: hostile notebook content, file names and
 provenance never put a script, an event attribute or a javascript: URL on a page."""
 
+import contextlib
 import hashlib
 import json
 import os
@@ -482,8 +483,15 @@ def _kill_notebooks(folder: Path) -> Path:
 
 
 def _snapshot(folder: Path) -> dict:
-    return {p.relative_to(folder): (p.stat().st_size, p.stat().st_mtime_ns)
-            for p in folder.rglob("*") if p.is_file()} if folder.exists() else {}
+    """Every file's size and time (temporary files included: a kill mid-write is a case)."""
+    seen = {}
+    for path in folder.rglob("*") if folder.exists() else []:
+        try:
+            stat = path.stat()
+        except FileNotFoundError:  # replaced or removed since it was listed
+            continue
+        seen[path.relative_to(folder)] = (stat.st_size, stat.st_mtime_ns)
+    return seen
 
 
 def _kernels_of(pid: int) -> list[int]:
@@ -507,26 +515,23 @@ def _reproduce(notebooks: Path, out: Path, root: Path,
     or ("exit", its exit code)."""
     cmd = [sys.executable, "-m", "uniq", "reproduce", "--profile", "smoke", "--notebooks-dir",
            str(notebooks), "--out-dir", str(out)]
-    proc = subprocess.Popen(cmd, env=env(UNIQ_ROOT=str(root), MPLBACKEND="Agg"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    seen, events = _snapshot(out), 0
-    while proc.poll() is None:
-        now = _snapshot(out)
-        if now != seen:
-            events += 1
-            seen = now
-            if kill_at is not None and events >= kill_at:
-                kernels = _kernels_of(proc.pid)
-                os.killpg(proc.pid, signal.SIGKILL)
-                for k in kernels:
-                    try:
-                        os.kill(k, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                proc.wait()
-                return "killed", events
-        time.sleep(0.01)
+    with (root / f"{out.name}.log").open("a") as log:
+        proc = subprocess.Popen(cmd, env=env(UNIQ_ROOT=str(root), MPLBACKEND="Agg"),
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        seen, events = _snapshot(out), 0
+        while proc.poll() is None:
+            now = _snapshot(out)
+            if now != seen:
+                events, seen = events + 1, now
+                if kill_at is not None and events >= kill_at:
+                    kernels = _kernels_of(proc.pid)
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    for pid in kernels:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(pid, signal.SIGKILL)
+                    proc.wait()
+                    return "killed", events
+            time.sleep(0.01)
     return "exit", proc.returncode
 
 
@@ -555,7 +560,8 @@ def test_reproduce_killed_at_any_written_file_then_rerun_gives_the_same_results(
     for kill_at in (1, 3, 6, 12):
         out = tmp_path / f"killed{kill_at}"
         killed_at.append(_reproduce(notebooks, out, tmp_path, kill_at))
-        assert _reproduce(notebooks, out, tmp_path) == ("exit", 0), kill_at
+        assert _reproduce(notebooks, out, tmp_path) == ("exit", 0), (
+            kill_at, (tmp_path / f"{out.name}.log").read_text()[-2000:])
         assert _results_of(out) == want, kill_at
         assert not [p for p in out.rglob("*") if p.name.startswith(".") or
                     p.name.endswith((".tmp", ".lock"))], kill_at

@@ -116,9 +116,10 @@ def check_parameter_values(profile: str, parameters: dict) -> None:
             raise ValueError(f"-p {name}={value}: {err}") from None
 
 
-def check_results_folder(out: Path, notebook_dirs: list[Path]) -> None:
-    """``out`` may receive the results: a new or empty folder, or one ``reproduce`` wrote;
-    never a run directory, the notebooks' own folder, or a folder of other files."""
+def check_results_folder(out: Path, notebook_dirs: list[Path], chosen: list[Path]) -> None:
+    """``out`` may receive the results: a new or empty folder, or one ``reproduce`` wrote (its
+    provenance or records, or a copy of a notebook it runs, even one torn by a kill); never a
+    run directory, the notebooks' own folder, or a folder of other files."""
     blocking = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
     if blocking is not None:
         raise ValueError(f"--out-dir {out}: {blocking} is a file, not a folder; give a folder")
@@ -130,7 +131,8 @@ def check_results_folder(out: Path, notebook_dirs: list[Path]) -> None:
         raise ValueError(f"--out-dir {out} is the folder of the notebooks themselves; their "
                          "executed copies would replace them. Give another folder, e.g. "
                          "results/<profile>")
-    if out.is_dir() and not is_results_folder(out) and any(
+    if out.is_dir() and not is_results_folder(out) and not any(
+            (out / nb.name).is_file() for nb in chosen) and any(
             not p.name.startswith(".") for p in out.iterdir()):
         raise ValueError(f"--out-dir {out} holds other files and no results of `python -m uniq "
                          "reproduce` (no provenance.json, notebooks.json or executed notebooks); "
@@ -314,7 +316,7 @@ def reproduce(profile: str = "smoke", only: list[int] | None = None, keep_going:
     params = {"PROFILE": profile, "RESULTS_DIR": str(out), **(parameters or {})}
     for nb in chosen:
         check_parameters(nb, params)
-    check_results_folder(out, [folder])
+    check_results_folder(out, [folder], chosen)
     check_parameter_values(profile, parameters or {})
     out.mkdir(parents=True, exist_ok=True)
     _start_torn_records_afresh(out)
