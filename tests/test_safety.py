@@ -567,3 +567,16 @@ def test_reproduce_killed_at_any_written_file_then_rerun_gives_the_same_results(
                     p.name.endswith((".tmp", ".lock"))], kill_at
     # each run was killed where asked, not finished first
     assert killed_at == [("killed", k) for k in (1, 3, 6, 12)]
+
+
+def test_reproduce_takes_up_the_folder_of_a_run_killed_in_its_first_notebook(tmp_path):
+    from uniq.reproduce import check_results_folder
+
+    notebooks = _kill_notebooks(tmp_path / "notebooks")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "01_kill.ipynb").write_text('{"cells": [')  # papermill's copy, torn by a kill
+    check_results_folder(out, [notebooks], sorted(notebooks.glob("*.ipynb")))
+    (out / "01_kill.ipynb").rename(out / "01_other.ipynb")
+    with pytest.raises(ValueError, match="holds other files"):
+        check_results_folder(out, [notebooks], sorted(notebooks.glob("*.ipynb")))
