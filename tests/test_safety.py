@@ -19,11 +19,11 @@ import pandas as pd
 import pytest
 from conftest import env
 
-import uniq.runs as RD
-from uniq import outputs
-from uniq.report import CSP, build_report
-from uniq.report import main as report_main
-from uniq.reproduce import NOTEBOOKS_DIR
+import uniq.repro.runs as RD
+from uniq.repro import outputs
+from uniq.repro.report import CSP, build_report
+from uniq.repro.report import main as report_main
+from uniq.repro.reproduce import NOTEBOOKS_DIR
 
 PNG = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000"
                     "1f15c4890000000d49444154789c6360606060000000050001a5f645400000000049454e44ae426082")
@@ -138,7 +138,7 @@ CLI_CASES = [
 @pytest.mark.parametrize("args,match", CLI_CASES, ids=[" ".join(a[:3]) + f" {i}" for i, (a, _)
                                                        in enumerate(CLI_CASES)])
 def test_bad_input_is_one_line_and_changes_nothing(world, args, match, capsys):
-    from uniq.__main__ import main
+    from uniq.repro.cli import main
 
     filled = [a.format(**world) for a in args]
     folders = [world["root"] / "runs", world["root"] / "results", world["root"] / "other",
@@ -164,7 +164,7 @@ def test_force_replaces_a_foreign_file_but_never_a_run_s(world):
     # a file of the command's own kind is replaced without --force
     own = world["root"] / "doctor.json"
     own.write_text(json.dumps({"machine": {}, "checks": [], "summary": {}}))
-    from uniq.doctor import is_doctor_report
+    from uniq.repro.doctor import is_doctor_report
 
     assert outputs.check_output(own, "-o", same_kind=is_doctor_report) == own
     assert not is_doctor_report(notes)
@@ -387,7 +387,7 @@ def test_no_payload_puts_a_script_on_any_page(tmp_path):
 
 
 def test_sanitised_links_keep_the_results_and_project_files(tmp_path):
-    from uniq.report import sanitise
+    from uniq.repro.report import sanitise
 
     results, project = tmp_path / "results" / "smoke", tmp_path / "repo"
     page_dir = results / "html"
@@ -421,7 +421,7 @@ def test_a_failed_replace_leaves_no_temporary_file(tmp_path, monkeypatch):
 
 
 def test_a_torn_notebook_record_is_started_afresh_and_named(tmp_path, capsys):
-    from uniq.study import context, record
+    from uniq.repro.study import context, record
 
     ctx = context("smoke", results_dir=str(tmp_path))
     (tmp_path / "notebooks.json").write_text('{"01_quantizers": {"seeds": [0')
@@ -433,7 +433,7 @@ def test_a_torn_notebook_record_is_started_afresh_and_named(tmp_path, capsys):
 
 
 def test_reproduce_names_a_torn_record_and_still_writes_provenance(tmp_path, capsys):
-    from uniq.reproduce import _notebook_records, _start_torn_records_afresh
+    from uniq.repro.reproduce import _notebook_records, _start_torn_records_afresh
 
     (tmp_path / "notebooks.json").write_text('{"01": ')
     records = _notebook_records(tmp_path)
@@ -454,7 +454,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
-import uniq.study as E
+import uniq.repro.study as E
 
 ctx = E.context(PROFILE, RESULTS_DIR, RUNS_DIR, DATA_DIR, DEVICE, SEEDS, LSQ_INIT, REPORTED,
                 PRECISION)
@@ -570,7 +570,7 @@ def test_reproduce_killed_at_any_written_file_then_rerun_gives_the_same_results(
 
 
 def test_reproduce_takes_up_the_folder_of_a_run_killed_in_its_first_notebook(tmp_path):
-    from uniq.reproduce import check_results_folder
+    from uniq.repro.reproduce import check_results_folder
 
     notebooks = _kill_notebooks(tmp_path / "notebooks")
     out = tmp_path / "out"
