@@ -548,25 +548,31 @@ def _results_of(out: Path) -> dict:
             "failures": provenance["failures"]}
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The two notebooks, and what an uninterrupted reproduce of them leaves."""
+    root = tmp_path_factory.mktemp("kill")
+    notebooks = _kill_notebooks(root / "notebooks")
+    assert _reproduce(notebooks, root / "reference", root) == ("exit", 0)
+    want = _results_of(root / "reference")
+    assert want["notebooks"] == {"01_kill.ipynb": True, "02_kill.ipynb": True}
+    return root, notebooks, want
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds kernels in /proc")
-def test_reproduce_killed_at_any_written_file_then_rerun_gives_the_same_results(tmp_path):
-    notebooks = _kill_notebooks(tmp_path / "notebooks")
-    reference = tmp_path / "reference"
-    assert _reproduce(notebooks, reference, tmp_path) == ("exit", 0)
-    want = _results_of(reference)
-    assert want["notebooks"] == {"01_kill.ipynb": True, "02_kill.ipynb": True}
-    killed_at = []
-    for kill_at in (1, 3, 6, 12):
-        out = tmp_path / f"killed{kill_at}"
-        killed_at.append(_reproduce(notebooks, out, tmp_path, kill_at))
-        assert _reproduce(notebooks, out, tmp_path) == ("exit", 0), (
-            kill_at, (tmp_path / f"{out.name}.log").read_text()[-2000:])
-        assert _results_of(out) == want, kill_at
-        assert not [p for p in out.rglob("*") if p.name.startswith(".") or
-                    p.name.endswith((".tmp", ".lock"))], kill_at
-    # each run was killed where asked, not finished first
-    assert killed_at == [("killed", k) for k in (1, 3, 6, 12)]
+@pytest.mark.parametrize("kill_at", [1, 3, 6, 12])
+def test_reproduce_killed_at_a_written_file_then_rerun_gives_the_same_results(uninterrupted,
+                                                                               kill_at):
+    root, notebooks, want = uninterrupted
+    out = root / f"killed{kill_at}"
+    # killed where asked, not finished first
+    assert _reproduce(notebooks, out, root, kill_at) == ("killed", kill_at)
+    log = root / f"{out.name}.log"
+    assert _reproduce(notebooks, out, root) == ("exit", 0), log.read_text()[-3000:]
+    assert _results_of(out) == want
+    assert not [p for p in out.rglob("*") if p.name.startswith(".") or
+                p.name.endswith((".tmp", ".lock"))]
 
 
 def test_reproduce_takes_up_the_folder_of_a_run_killed_in_its_first_notebook(tmp_path):
