@@ -276,7 +276,7 @@ def _doctor_args(d: argparse.ArgumentParser) -> None:
 
 
 def _export_args(p: argparse.ArgumentParser) -> None:
-    from ..deploy import add_export_arguments
+    from .export import add_export_arguments
 
     add_export_arguments(p)
 

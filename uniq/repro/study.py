@@ -24,6 +24,7 @@ from ..modules import quantizers
 from .claims import chance_holds, evaluate_claims, per_cell_summary  # noqa: F401 - chance_holds: notebook 8
 from .comparable import comparable_to_paper, paper_differences, setting_differences
 from .config import FULL_PRECISION, CifarConfig, ImageNetConfig, as_flags
+from .export import load_run_batch  # noqa: F401 - notebook 9
 from .figures import DPI, show
 from .paper import (  # noqa: F401 - table1: notebook 2
     PAPER_NAMES,
