@@ -59,12 +59,12 @@ class Profile:
 
     @property
     def comparable(self) -> bool:
-        """Decided by ``uniq.comparable`` on this profile's runs (the rule of every table,
-        claim and report)."""
+        """Whether this profile's default runs are in the paper's setting (its caveat). Tables,
+        claims and the report decide on the runs they show (``Context.comparable``)."""
         return not self.paper_differences()
 
     def paper_differences(self, precision: str = "fp32") -> list[str]:
-        """What this profile's runs change from the paper's setting (empty: none)."""
+        """What this profile's default runs change from the paper's setting (empty: none)."""
         out: list[str] = []
         for bits in (2, 1):  # a multi-bit run, and a warm-up run (where the scale shows)
             cfg = CifarConfig(bits=bits, dataset=self.dataset, depth=self.depth,
@@ -205,12 +205,12 @@ class Context:
                     runs_dir=str(self.runs_dir), data_dir=str(self.data_dir),
                     device=self.device, compile=p.compile)
 
-    def comparable(self) -> tuple[bool, str]:
-        """Whether this context's runs are in the paper's setting, and what differs
-        (``uniq.comparable``: the one rule of tables, claims and the report)."""
-        differences = self.profile.paper_differences(self.precision)
-        return (not differences, "differs from the paper's setting: " + "; ".join(differences)
-                if differences else "")
+    def comparable(self, table: int | None = None) -> tuple[bool, str]:
+        """Whether this context's runs (of every table, or of one) are in the paper's
+        setting, and what differs (``uniq.comparable``: the one rule of tables, claims and the
+        report), decided on the runs' own configs: precision, LSQ_INIT and seeds included."""
+        return comparable_to_paper(config(self, e, s) for e in experiments(self, table)
+                                   for s in seeds_of(self, e))
 
     def describe(self) -> str:
         p = self.profile
@@ -723,7 +723,14 @@ def save_table(ctx: Context, df: pd.DataFrame, name: str, title: str,
     df.insert(0, "profile", df.pop("profile") if "profile" in df else ctx.profile.name)
     comparable, differs = ctx.comparable()
     if ("top1" in df or "top1_final" in df) and "comparable_to_paper" not in df:
-        df["comparable_to_paper"] = comparable
+        if "runs" in df:  # decided on each row's own runs
+            verdicts = [comparable_to_paper(r.config for r in runs_named(ctx, str(names).split()))
+                        for names in df["runs"]]
+            df["comparable_to_paper"] = [v[0] for v in verdicts]
+            notes = list(dict.fromkeys(v[1] for v in verdicts if v[1]))
+            comparable, differs = not notes, "; ".join(notes)
+        else:
+            df["comparable_to_paper"] = comparable
         df["precision"] = ctx.precision
     csv = ctx.results_dir / f"{name}.csv"
     df.to_csv(csv, index=False)
