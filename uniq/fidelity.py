@@ -35,9 +35,14 @@ def facts() -> dict:
 
     from .claims import evaluate_claims
     from .config import KEY_SCHEME, CifarConfig, ImageNetConfig
+    from .data import (
+        CIFAR100_EXACT_MEAN,
+        CIFAR100_EXACT_STD,
+        CIFAR100_MEAN,
+        CIFAR100_STD,
+        GENERATOR_CONSTANTS,
+    )
     from .functional import MIN_STEP
-    from .data import (CIFAR100_EXACT_MEAN, CIFAR100_EXACT_STD, CIFAR100_MEAN, CIFAR100_STD,
-                       GENERATOR_CONSTANTS)
     from .recipes import IMAGENET_WEIGHT_DECAY, RECIPES
     from .study import FIGURE4_EARLY, MIN_MOVED, PAPER_EPOCHS, PROFILES
     from .tasks import DATA_SEED
@@ -73,7 +78,8 @@ def facts() -> dict:
         "seeds": {name: len(p.seeds) for name, p in PROFILES.items()},
         "min_moved": f"{100 * MIN_MOVED:g}",
         "figure4_epochs": f"{FIGURE4_EARLY * PAPER_EPOCHS:g}", "paper_epochs": PAPER_EPOCHS,
-        "synthetic": GENERATOR_CONSTANTS["synthetic"], "finegrain": GENERATOR_CONSTANTS["finegrain"],
+        "synthetic": GENERATOR_CONSTANTS["synthetic"],
+        "finegrain": GENERATOR_CONSTANTS["finegrain"],
         "data_seed": DATA_SEED,
         "table5_levels": table5_levels(),
     }
