@@ -115,3 +115,15 @@ def test_precision_reaches_the_reproductions_provenance(tmp_path):
     assert bf16["differs_from_paper"] == ["precision bf16 (paper fp32)"]
     lsq = paper_comparison("paper", out, {"LSQ_INIT": "mse"})
     assert not lsq["comparable_to_paper"] and "LSQ" in lsq["differs_from_paper"][0]
+
+
+def test_each_profile_counts_its_own_training_images():
+    assert X.PROFILES["laptop"].train_images == 7_500
+    assert X.PROFILES["smoke"].train_images == X.PROFILES["smoke"].synthetic_train
+    assert X.PROFILES["quick"].train_images == 50_000
+
+
+def test_the_laptop_caveat_claims_no_separation_of_methods():
+    text = X.PROFILES["laptop"].caveat()
+    assert "methods separate" not in text and "NOT comparable" in text
+    assert "verdicts" in text
