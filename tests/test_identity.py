@@ -159,3 +159,20 @@ def test_one_bit_with_an_override_keeps_its_init_scope():
     a = _cifar(bits=1, init=0.1, overrides="FIRST=4")
     b = _cifar(bits=1, init=0.1, overrides="FIRST=4", init_scope="all")
     assert a.key() != b.key()  # the 4-bit layer takes the constant only with "all"
+
+
+def test_the_authors_exact_cifar_statistics_are_a_keyed_switch(tmp_path, monkeypatch):
+    from uniq import data as D
+    from uniq import tasks
+
+    base = dict(bits=2, dataset="cifar100")
+    assert CifarConfig(**base, cifar_stats="exact").key() != CifarConfig(**base).key()
+    # on generated data the switch means nothing: one key
+    assert _cifar(cifar_stats="exact").key() == _cifar().key()
+    fake = D.ImageData(torch.zeros(4, 3, 32, 32, dtype=torch.uint8), torch.zeros(4).long(),
+                       "cifar100", 100)
+    monkeypatch.setattr(D, "load_dataset", lambda *a, **k: fake)
+    train, test = tasks.cifar_splits(CifarConfig(**base, cifar_stats="exact"))
+    assert train.mean == D.CIFAR100_EXACT_MEAN and test.std == D.CIFAR100_EXACT_STD
+    train, _ = tasks.cifar_splits(CifarConfig(**base))
+    assert train.mean == D.CIFAR100_MEAN

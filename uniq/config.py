@@ -460,6 +460,9 @@ class CifarConfig(RunConfig):
     data_fraction: float = option(1.0, "train on a random fraction of the training set")
     synthetic_train: int = option(50_000, "images in the synthetic training set")
     synthetic_test: int = option(10_000, "images in the synthetic test set")
+    cifar_stats: str = option("rounded", "CIFAR-100 normalisation: rounded (the statistics "
+                              "to 4 decimals) or exact (the training set's, as the authors' "
+                              "code)", ("rounded", "exact"))
     depth: int = option(32, "pre-activation ResNet depth (6n+2)")
     loader: str = option("tensor", "tensor (device-resident, on-device augmentation) or "
                          "dataloader (torchvision transforms, workers): they draw different "
@@ -483,6 +486,8 @@ class CifarConfig(RunConfig):
         out = super().hashed()
         if out["loader"] == "dataloader":  # its workers draw the augmentation: other batches
             out["workers"] = self.workers
+        if out.pop("cifar_stats") == "exact" and self.dataset == "cifar100":
+            out["cifar_stats"] = "exact"  # keyed when it departs from the default
         if self.dataset == "cifar100":  # the generated sets' sizes mean nothing here
             out["synthetic_train"], out["synthetic_test"] = 50_000, 10_000
         else:  # the generator's own constants, when they differ from those keys were made with
@@ -506,7 +511,8 @@ class CifarConfig(RunConfig):
         scratch (the same data, model and batch)."""
         if self.bits == FULL_PRECISION:
             return None
-        keep = ("dataset", "data_fraction", "synthetic_train", "synthetic_test", "depth",
+        keep = ("dataset", "cifar_stats", "data_fraction", "synthetic_train", "synthetic_test",
+                "depth",
                 "batch_size", "precision", "sync_bn", "dynamics_per_epoch", "loader", "compile",
                 "workers")
         return CifarConfig(bits=FULL_PRECISION, epochs=self.fp_epochs, seed=self.fp_seed,

@@ -12,6 +12,7 @@ calls ``make_data`` and ``make_model``; nothing here calls back into it.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,6 +108,9 @@ def cifar_splits(cfg: CifarConfig) -> tuple[D.ImageData, D.ImageData]:
                            cfg.verify_data)
     test = D.load_dataset(cfg.dataset, False, root, DATA_SEED, size, cfg.download,
                           cfg.verify_data)
+    if cfg.dataset == "cifar100" and cfg.cifar_stats == "exact":  # the authors' statistics
+        exact = dict(mean=D.CIFAR100_EXACT_MEAN, std=D.CIFAR100_EXACT_STD)
+        train, test = dataclasses.replace(train, **exact), dataclasses.replace(test, **exact)
     return train.subset(cfg.data_fraction, DATA_SEED), test
 
 
