@@ -111,7 +111,8 @@ ALTERNATIVES = {
     "compile": "default", "device": "cpu", "channels_last": True, "runs_dir": "elsewhere",
     "data_dir": "other-data", "workers": 0, "log_every": 3, "stop_after": 1, "wait": False,
     # CIFAR
-    "dataset": "cifar100", "cifar_stats": "exact", "data_fraction": 0.5, "synthetic_train": 256, "synthetic_test": 100,
+    "dataset": "cifar100", "cifar_stats": "exact", "data_fraction": 0.5, "synthetic_train": 256,
+    "synthetic_test": 100,
     "depth": 14, "loader": "dataloader", "fp_epochs": 2, "fp_seed": 1, "download": False,
     "verify_data": False,
     # ImageNet
