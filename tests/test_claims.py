@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from uniq import claims as C
-from uniq.figures import plot_claims
+from uniq.repro import claims as C
+from uniq.repro.figures import plot_claims
 
 HEADER = "id,source,statement,metric,a,b,direction,margin,paper_effect,comparable_profiles"
 
@@ -427,7 +427,7 @@ def test_the_claims_chart_shows_the_holm_verdict_with_the_unadjusted_beside_it()
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from uniq.figures import VERDICT_COLOURS
+    from uniq.repro.figures import VERDICT_COLOURS
 
     row = {"id": "X", "metric": "top1_final", "direction": "greater", "margin": np.nan,
            "effect": 1.0, "ci_low": 0.2, "ci_high": 1.8, "paper_effect": 0.5, "b": "k",

@@ -1,12 +1,12 @@
-""""Comparable to the paper" is one strict rule (uniq.comparable): every field the paper fixes
+""""Comparable to the paper" is one strict rule (uniq.repro.comparable): every field the paper fixes
 is compared, each departure is named, and tables, claims and the reproduction's provenance
 decide on the runs they show."""
 
 import pytest
 
-import uniq.study as X
-from uniq.comparable import comparable_to_paper, paper_differences
-from uniq.config import CifarConfig, ImageNetConfig
+import uniq.repro.study as X
+from uniq.repro.comparable import comparable_to_paper, paper_differences
+from uniq.repro.config import CifarConfig, ImageNetConfig
 
 PAPER_CIFAR = dict(bits=2)  # every other field at its default: the paper's setting
 
@@ -106,7 +106,7 @@ def test_each_imagenet_departure_is_named(imagenet_1000, change, named):
 
 
 def test_precision_reaches_the_reproductions_provenance(tmp_path):
-    from uniq.reproduce import paper_comparison
+    from uniq.repro.reproduce import paper_comparison
 
     out = tmp_path / "res"
     assert paper_comparison("paper", out, {})["comparable_to_paper"] is True

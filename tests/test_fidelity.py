@@ -1,5 +1,5 @@
 """The fidelity page is data (``data/fidelity.csv``) rendered with the code's own numbers
-(``uniq.fidelity``): the committed page is the generated one, and every number of the
+(``uniq.repro.fidelity``): the committed page is the generated one, and every number of the
 ``uniq`` columns is either read from the code or checked against it here."""
 
 import re
@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
-from uniq import fidelity as F
-from uniq.repro_summary import FIDELITY, STATUSES, fidelity_rows
+from uniq.repro import fidelity as F
+from uniq.repro.repro_summary import FIDELITY, STATUSES, fidelity_rows
 
 # Numbers that are references, not values: Eq. 3, Table 5, 8-bit, 2 bits, 16x16, ...
 REFERENCE = re.compile(
@@ -23,8 +23,8 @@ NUMBER = re.compile(r"(?<![A-Za-z_\-.\d])\d+(?:\.\d+)?(?:e-?\d+)?")
 def _checked_literals() -> dict:
     """The literal numbers left in the ``uniq`` columns, each with its check against the code
     (or, for the two measured against the authors' constants, the place it was measured)."""
-    from uniq.data import CIFAR100_EXACT_MEAN, CIFAR100_EXACT_STD, CIFAR100_MEAN, CIFAR100_STD
-    from uniq.study import TABLE5_INITS
+    from uniq.repro.data import CIFAR100_EXACT_MEAN, CIFAR100_EXACT_STD, CIFAR100_MEAN, CIFAR100_STD
+    from uniq.repro.study import TABLE5_INITS
 
     def normalisation_shift() -> bool:
         x = torch.linspace(0, 1, 256, dtype=torch.float64)
@@ -57,9 +57,9 @@ def literals(cell: str) -> list[str]:
 
 def test_the_committed_page_is_the_generated_one():
     """Changing a number of docs/fidelity.md, or a number of the code the page quotes,
-    fails here until the page is regenerated: python -m uniq.fidelity"""
+    fails here until the page is regenerated: python -m uniq.repro.fidelity"""
     assert F.PAGE.read_text() == F.fidelity_markdown(), \
-        "docs/fidelity.md is out of date: edit data/fidelity.csv, run python -m uniq.fidelity"
+        "docs/fidelity.md is out of date: edit data/fidelity.csv, run python -m uniq.repro.fidelity"
 
 
 def test_every_literal_number_of_the_uniq_columns_is_checked():
@@ -72,9 +72,9 @@ def test_every_literal_number_of_the_uniq_columns_is_checked():
 
 
 def test_the_numbers_the_page_reads_are_the_codes():
-    from uniq.config import CifarConfig
-    from uniq.recipes import RECIPES
-    from uniq.study import MIN_MOVED, PROFILES
+    from uniq.repro.config import CifarConfig
+    from uniq.repro.recipes import RECIPES
+    from uniq.repro.study import MIN_MOVED, PROFILES
 
     facts = F.facts()
     assert facts["steps_uniq"] == 50_000 // CifarConfig().batch_size == 390
@@ -88,7 +88,7 @@ def test_the_numbers_the_page_reads_are_the_codes():
 
 
 def test_a_changed_number_in_the_table_or_the_code_changes_the_page(monkeypatch):
-    import uniq.study as X
+    import uniq.repro.study as X
 
     before = F.fidelity_markdown()
     monkeypatch.setattr(X, "MIN_MOVED", 0.07)
@@ -96,7 +96,7 @@ def test_a_changed_number_in_the_table_or_the_code_changes_the_page(monkeypatch)
 
 
 def test_flags_named_in_the_uniq_columns_exist():
-    from uniq.__main__ import build_parser
+    from uniq.repro.cli import build_parser
 
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command").choices

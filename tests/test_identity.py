@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 import torch
 
-from uniq.config import CifarConfig, ImageNetConfig
+from uniq.repro.config import CifarConfig, ImageNetConfig
 
 CIFAR = dict(bits=2, dataset="synthetic", depth=8, epochs=1, fp_epochs=1)
 
@@ -28,7 +28,7 @@ def test_batchnorm_per_process_is_in_the_key(monkeypatch):
 def test_the_tensor_loader_draws_from_a_cpu_generator_on_every_device():
     """Order, crops and flips come from one CPU stream whatever the device, so a CPU and a GPU
     run of one key see the same batches (the rounding still differs)."""
-    from uniq import data as D
+    from uniq.repro import data as D
 
     data = D.load_dataset("synthetic", True, "unused", 0, (96, 10), False, False)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -46,7 +46,7 @@ def test_the_tensor_loader_draws_from_a_cpu_generator_on_every_device():
 
 
 def _folder(root, classes, per_class=3, size=24, seed=0):
-    from uniq.tasks import generated_folder
+    from uniq.repro.tasks import generated_folder
 
     return generated_folder(root, classes, per_class, 2, size, seed)
 
@@ -65,8 +65,8 @@ def test_imagenet_data_folder_is_keyed_by_its_class_and_file_lists(tmp_path):
 
 
 def test_imagenet_augmentation_does_not_depend_on_the_worker_count(tmp_path):
-    from uniq.distributed import Dist
-    from uniq.tasks import imagenet_data
+    from uniq.repro.distributed import Dist
+    from uniq.repro.tasks import imagenet_data
 
     root = _folder(tmp_path / "img", 2, per_class=4, size=40)
     batches = []
@@ -97,14 +97,14 @@ def test_init_from_run_is_keyed_by_the_file_it_loads(tmp_path):
 
 
 def test_pytorchcv_weights_are_keyed_by_their_checksummed_file_name():
-    from uniq.models import pytorchcv_filename
+    from uniq.repro.pretrained import pytorchcv_filename
 
     cfg = ImageNetConfig(bits=4)
     assert cfg.hashed()["pretrained"] == "pytorchcv:" + pytorchcv_filename("preresnet18")
 
 
 def test_the_generated_data_constants_are_in_the_key(monkeypatch):
-    from uniq import data as D
+    from uniq.repro import data as D
 
     key = _cifar(dataset="finegrain").key()
     changed = {**D.GENERATOR_CONSTANTS, "finegrain": {**D.GENERATOR_CONSTANTS["finegrain"],
@@ -115,7 +115,7 @@ def test_the_generated_data_constants_are_in_the_key(monkeypatch):
 
 
 def test_the_generator_constants_are_what_the_data_use():
-    from uniq import data as D
+    from uniq.repro import data as D
 
     built = D.load_dataset("finegrain", True, "unused", 0, (8, 8), False, False)
     c = D.GENERATOR_CONSTANTS["finegrain"]
@@ -162,8 +162,8 @@ def test_one_bit_with_an_override_keeps_its_init_scope():
 
 
 def test_the_authors_exact_cifar_statistics_are_a_keyed_switch(tmp_path, monkeypatch):
-    from uniq import data as D
-    from uniq import tasks
+    from uniq.repro import data as D
+    from uniq.repro import tasks
 
     base = dict(bits=2, dataset="cifar100")
     assert CifarConfig(**base, cifar_stats="exact").key() != CifarConfig(**base).key()

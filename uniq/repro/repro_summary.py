@@ -40,7 +40,7 @@ CAUSES = {"noise": "the effect is small against the seed-to-seed noise",
           "not run": "its runs are not in this folder",
           "not comparable": "its runs differ in more than the seed"}
 
-TEMPLATES = Environment(loader=PackageLoader("uniq"), autoescape=False, trim_blocks=True,
+TEMPLATES = Environment(loader=PackageLoader("uniq.repro"), autoescape=False, trim_blocks=True,
                         lstrip_blocks=True, keep_trailing_newline=True,
                         undefined=StrictUndefined)
 

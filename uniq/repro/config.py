@@ -5,7 +5,7 @@ A config is a dataclass whose fields are the flags of ``python -m uniq train`` (
 fills in every default (recipe spelled out, warm-up scaled, the parent run's config) and returns
 an immutable copy that carries its key: the sha256 of every field that can change the result
 (``hashed``). The fields left out say where or how fast a run executes (``PLACEMENT``).
-A run lives in ``<runs_dir>/<task>/<label>-<key>/`` (``uniq.runs``).
+A run lives in ``<runs_dir>/<task>/<label>-<key>/`` (``uniq.repro.runs``).
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ from typing import Any, ClassVar
 
 import torch
 
-from .functional import FULL_PRECISION, check_bits
-from .models import IMAGENET_MODELS, imagenet_model, pretrained_path
+from ..functional import FULL_PRECISION, check_bits
+from ..models import IMAGENET_MODELS, imagenet_model
 from .paths import resolve_path
+from .pretrained import pretrained_path
 from .recipes import IMAGENET_WEIGHT_DECAY, Recipe, default_recipe, get_recipe
 
 KEY_SCHEME = 2
@@ -58,7 +59,7 @@ class TrainingDiverged(RuntimeError):
 class RunConfig:
     """Fields shared by every task. Subclasses add the data and model fields, ``label_prefix``,
     ``example_input`` and optionally ``default_parent`` (the data and the model are built by
-    ``uniq.tasks``)."""
+    ``uniq.repro.tasks``)."""
 
     task: ClassVar[str] = ""
 
@@ -88,7 +89,7 @@ class RunConfig:
     overrides: str = option("", "per-layer bits winning over the policy, NAME=BITS[,NAME=BITS] "
                             "(BITS 1..8, or 32/fp for full precision)")
     # -- recipe
-    recipe: str = option("", "named recipe (see uniq.recipes.RECIPES); empty = the paper's "
+    recipe: str = option("", "named recipe (see uniq.repro.recipes.RECIPES); empty = the paper's "
                          "default for the bit width")
     lr: float | None = option(None, "override the recipe's peak learning rate")
     warmup_epochs: float | None = option(None, "override the recipe's warm-up epochs")
@@ -172,8 +173,8 @@ class RunConfig:
             return self
         # The quantizer core's own checks and rules, imported when a config is resolved (not
         # when the CLI is parsed: ``train --help`` stays light).
-        from .convert import default_init_scope
-        from .mse import check_init
+        from ..convert import default_init_scope
+        from ..mse import check_init
 
         validate_fields(self)
         c = dataclasses.replace(self)
@@ -310,7 +311,7 @@ KEYED_GENERATOR_CONSTANTS = {
     "synthetic": {"classes": 100, "size": 32, "noise": 0.8, "data_seed": 0},
     "finegrain": {"classes": 20, "size": 16, "detail": 0.5, "noise": 1.3, "data_seed": 0},
 }
-"""The generated data sets' constants (``uniq.data.GENERATOR_CONSTANTS``, ``DATA_SEED``) as
+"""The generated data sets' constants (``uniq.repro.data.GENERATOR_CONSTANTS``, ``DATA_SEED``) as
 the keys of scheme 2 were made: a change of any constant adds them all to the key."""
 
 ENTERS_VIA = {
@@ -564,7 +565,7 @@ class ImageNetConfig(RunConfig):
         if self.pretrained == "none":
             out["pretrained"] = "none"
         elif self.pretrained == "pytorchcv":
-            from .models import pytorchcv_filename
+            from .pretrained import pytorchcv_filename
 
             out["pretrained"] = "pytorchcv:" + pytorchcv_filename(self.arch)
         else:
@@ -654,7 +655,7 @@ def check_state_dict_file(path: Path, arch: str) -> None:
                                               for v in state.values()):
         raise ValueError(f"--pretrained {path} holds a {type(state).__name__}, not a state dict "
                          f"of tensors; {fix}")
-    own = {k: tuple(v.shape) for k, v in imagenet_model(arch, False).state_dict().items()}
+    own = {k: tuple(v.shape) for k, v in imagenet_model(arch).state_dict().items()}
     theirs = {k: tuple(v.shape) for k, v in state.items()}
     missing = sorted(set(own) - set(theirs))
     unexpected = sorted(set(theirs) - set(own))

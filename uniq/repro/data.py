@@ -323,7 +323,7 @@ GENERATOR_CONSTANTS = {
 """The generated data sets' own constants, chosen (not tuned on any claim): ``synthetic`` has
 CIFAR-100's shape; ``finegrain``'s detail and noise make the 2-pixel pattern hard enough that
 bit width shows in accuracy on a laptop (README: the laptop profile). They are part of a run's
-key (``uniq.config``)."""
+key (``uniq.repro.config``)."""
 
 
 def load_dataset(

@@ -78,7 +78,7 @@ def _quantizer_differences(c: RunConfig) -> list[str]:
             out.append(f"init {c.init} (paper mse, or Table 5's 0.1, 0.2, lsq)")
     elif c.init != "mse":
         out.append(f"init {c.init} (paper mse)")
-    from .convert import default_init_scope
+    from ..convert import default_init_scope
 
     if c.init != "mse" and c.init_scope != default_init_scope(c.method):
         out.append(f"init scope {c.init_scope} (paper {default_init_scope(c.method)})")

@@ -2,11 +2,11 @@
 
 Each row of the table is one choice that can change a reproduced number: what the paper says,
 what the authors' code does, what ``uniq`` does by default, the flag for the other behaviour,
-and a status (``uniq.repro_summary.STATUSES``). A cell may name a number of the code as
+and a status (``uniq.repro.repro_summary.STATUSES``). A cell may name a number of the code as
 ``{{ name }}``: :func:`facts` reads every such number from the code, so the page cannot
 disagree with it (a test regenerates the page and compares it with the committed one).
 
-    python -m uniq.fidelity            # rewrite docs/fidelity.md from data/fidelity.csv
+    python -m uniq.repro.fidelity            # rewrite docs/fidelity.md from data/fidelity.csv
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ def facts() -> dict:
     """Every number of the fidelity page that the code decides, read from the code."""
     import inspect
 
+    from ..functional import MIN_STEP
     from .claims import evaluate_claims
     from .config import KEY_SCHEME, CifarConfig, ImageNetConfig
     from .data import (
@@ -42,7 +43,6 @@ def facts() -> dict:
         CIFAR100_STD,
         GENERATOR_CONSTANTS,
     )
-    from .functional import MIN_STEP
     from .recipes import IMAGENET_WEIGHT_DECAY, RECIPES
     from .study import FIGURE4_EARLY, MIN_MOVED, PAPER_EPOCHS, PROFILES
     from .tasks import DATA_SEED
@@ -91,8 +91,8 @@ def table5_levels() -> dict:
     ``--init-scope all`` gives the 8-bit last layer) and under the MSE init (Eq. 9)."""
     import torch
 
-    from .functional import symmetric_quantize
-    from .mse import optimal_step
+    from ..functional import symmetric_quantize
+    from ..mse import optimal_step
 
     torch.manual_seed(0)
     w = torch.nn.Linear(64, 100).weight.detach()
@@ -120,7 +120,7 @@ def fidelity_markdown(csv: str | Path = FIDELITY) -> str:
     for name, part in rows.groupby("section", sort=False):
         sections.append({"name": name, "rows": [
             [_cell(render_cell(row[c], values)) for c in columns] for _, row in part.iterrows()]})
-    env = Environment(loader=PackageLoader("uniq"), autoescape=False, trim_blocks=True,
+    env = Environment(loader=PackageLoader("uniq.repro"), autoescape=False, trim_blocks=True,
                       lstrip_blocks=True, keep_trailing_newline=True, undefined=StrictUndefined)
     return env.get_template("fidelity.md").render(sections=sections, **values)
 
