@@ -104,7 +104,7 @@ def test_pytorchcv_weights_are_keyed_by_their_checksummed_file_name():
 
 
 def test_the_generated_data_constants_are_in_the_key(monkeypatch):
-    from uniq.repro import data as D
+    from uniq.repro import generated as D
 
     key = _cifar(dataset="finegrain").key()
     changed = {**D.GENERATOR_CONSTANTS, "finegrain": {**D.GENERATOR_CONSTANTS["finegrain"],
@@ -118,7 +118,7 @@ def test_the_generator_constants_are_what_the_data_use():
     from uniq.repro import data as D
 
     built = D.load_dataset("finegrain", True, "unused", 0, (8, 8), False, False)
-    c = D.GENERATOR_CONSTANTS["finegrain"]
+    c = D.G.GENERATOR_CONSTANTS["finegrain"]
     assert built.num_classes == c["classes"] and built.images.shape[-1] == c["size"]
     again = D.finegrain(8, True, 0, c["classes"], c["size"], c["detail"], c["noise"])
     assert torch.equal(again.images, built.images)

@@ -311,7 +311,7 @@ KEYED_GENERATOR_CONSTANTS = {
     "synthetic": {"classes": 100, "size": 32, "noise": 0.8, "data_seed": 0},
     "finegrain": {"classes": 20, "size": 16, "detail": 0.5, "noise": 1.3, "data_seed": 0},
 }
-"""The generated data sets' constants (``uniq.repro.data.GENERATOR_CONSTANTS``, ``DATA_SEED``) as
+"""The generated data sets' constants (``uniq.repro.generated``) as
 the keys of scheme 2 were made: a change of any constant adds them all to the key."""
 
 ENTERS_VIA = {
@@ -481,8 +481,7 @@ class CifarConfig(RunConfig):
         return f"resnet{self.depth}"
 
     def hashed(self) -> dict:
-        from .data import GENERATOR_CONSTANTS
-        from .tasks import DATA_SEED
+        from . import generated as G
 
         out = super().hashed()
         if out["loader"] == "dataloader":  # its workers draw the augmentation: other batches
@@ -492,7 +491,7 @@ class CifarConfig(RunConfig):
         if self.dataset == "cifar100":  # the generated sets' sizes mean nothing here
             out["synthetic_train"], out["synthetic_test"] = 50_000, 10_000
         else:  # the generator's own constants, when they differ from those keys were made with
-            constants = {**GENERATOR_CONSTANTS[self.dataset], "data_seed": DATA_SEED}
+            constants = {**G.GENERATOR_CONSTANTS[self.dataset], "data_seed": G.DATA_SEED}
             if constants != KEYED_GENERATOR_CONSTANTS[self.dataset]:
                 out["generator"] = constants
         return out

@@ -26,6 +26,8 @@ import torchvision
 from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets.utils import calculate_md5, extract_archive
 
+from . import generated as G
+
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 # The training set's exact statistics, which the authors' code normalises with; ``uniq``'s
@@ -278,8 +280,8 @@ def synthetic_cifar(
     return ImageData(images, labels, "synthetic", num_classes)
 
 
-FINEGRAIN_CLASSES = 20
-FINEGRAIN_SIZE = 16
+FINEGRAIN_CLASSES = G.GENERATOR_CONSTANTS["finegrain"]["classes"]
+FINEGRAIN_SIZE = G.GENERATOR_CONSTANTS["finegrain"]["size"]
 
 
 def finegrain(n: int = 5_000, train: bool = True, seed: int = 0,
@@ -315,15 +317,6 @@ def finegrain(n: int = 5_000, train: bool = True, seed: int = 0,
 
 
 GENERATED = ("synthetic", "finegrain")  # the offline data sets (not CIFAR-100)
-GENERATOR_CONSTANTS = {
-    "synthetic": {"classes": 100, "size": 32, "noise": 0.8},
-    "finegrain": {"classes": FINEGRAIN_CLASSES, "size": FINEGRAIN_SIZE, "detail": 0.5,
-                  "noise": 1.3},
-}
-"""The generated data sets' own constants, chosen (not tuned on any claim): ``synthetic`` has
-CIFAR-100's shape; ``finegrain``'s detail and noise make the 2-pixel pattern hard enough that
-bit width shows in accuracy on a laptop (README: the laptop profile). They are part of a run's
-key (``uniq.repro.config``)."""
 
 
 def load_dataset(
@@ -339,11 +332,11 @@ def load_dataset(
     if name == "cifar100":
         return cifar100(root, train, download, verify_checksums)
     if name == "synthetic":
-        c = GENERATOR_CONSTANTS["synthetic"]
+        c = G.GENERATOR_CONSTANTS["synthetic"]
         return synthetic_cifar(synthetic_size[0 if train else 1], train, seed, c["classes"],
                                c["size"], c["noise"])
     if name == "finegrain":
-        c = GENERATOR_CONSTANTS["finegrain"]
+        c = G.GENERATOR_CONSTANTS["finegrain"]
         return finegrain(synthetic_size[0 if train else 1], train, seed, c["classes"],
                          c["size"], c["detail"], c["noise"])
     raise ValueError(f"unknown dataset {name!r}; use 'cifar100', 'synthetic' or 'finegrain'")

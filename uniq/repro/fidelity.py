@@ -41,11 +41,10 @@ def facts() -> dict:
         CIFAR100_EXACT_STD,
         CIFAR100_MEAN,
         CIFAR100_STD,
-        GENERATOR_CONSTANTS,
     )
+    from .generated import DATA_SEED, GENERATOR_CONSTANTS
     from .recipes import IMAGENET_WEIGHT_DECAY, RECIPES
     from .study import FIGURE4_EARLY, MIN_MOVED, PAPER_EPOCHS, PROFILES
-    from .tasks import DATA_SEED
 
     cifar, imagenet = CifarConfig(), ImageNetConfig()
     confidence = inspect.signature(evaluate_claims).parameters["confidence"].default

@@ -27,11 +27,10 @@ from ..models import adaptive_pooling, preact_resnet
 from . import data as D
 from .config import FULL_PRECISION, CifarConfig, ImageNetConfig, RunConfig
 from .distributed import Dist
+from .generated import DATA_SEED
 from .paths import resolve_path
 from .pretrained import load_imagenet_model
 
-DATA_SEED = 0
-"""Seed of the generated data set and of the ``data_fraction`` subset: fixed, not the run's."""
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
