@@ -303,6 +303,25 @@ def inline_backend():
             os.environ["MPLBACKEND"] = before
 
 
+def paper_comparison(profile: str, out: Path, params: dict) -> dict:
+    """``comparable_to_paper`` and ``differs_from_paper`` of the runs this reproduction shows
+    (its notebooks' PRECISION, LSQ_INIT and SEEDS included): ``uniq.repro.comparable``'s rule, the
+    one its tables and claims apply."""
+    from .study import context
+
+    def param(name: str, default: object) -> object:
+        value = params.get(name)
+        return default if value in (None, "None", "") else value
+
+    ctx = context(profile, results_dir=str(out), runs_dir=str(param("RUNS_DIR", "runs")),
+                  seeds=param("SEEDS", None), lsq_init=str(param("LSQ_INIT", "lsq")),
+                  precision=str(param("PRECISION", "fp32")))
+    comparable, differs = ctx.comparable()
+    prefix = "differs from the paper's setting: "
+    return {"comparable_to_paper": comparable,
+            "differs_from_paper": [d for d in differs.removeprefix(prefix).split("; ") if d]}
+
+
 def reproduce(profile: str = "smoke", only: list[int] | None = None, keep_going: bool = False,
               out_dir: str | Path | None = None, parameters: dict | None = None,
               notebooks_dir: str | Path | None = None) -> int:
@@ -357,8 +376,7 @@ def reproduce(profile: str = "smoke", only: list[int] | None = None, keep_going:
         "profile_settings": prof.__dict__,
         "dataset": prof.dataset,
         "caveat": prof.caveat(),
-        "comparable_to_paper": prof.comparable,
-        "differs_from_paper": prof.paper_differences(),
+        **paper_comparison(profile, out, params),
         "parameters": params,
         "seeds": {"quantized_runs": list(parse_seeds(params["SEEDS"])) if params.get("SEEDS")
                   not in (None, "None", "") else list(prof.seeds), "full_precision_run": 0,
