@@ -153,15 +153,32 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
     except ValueError as err:
         raise ValueError(f"-p PROFILE={profile}: {err}; or use --profile") from None
     out_dir = params.pop("RESULTS_DIR", a.out_dir)
+    if a.jobs is not None:  # --jobs N is -p JOBS=N
+        from .jobs import parse_jobs
+
+        params["JOBS"] = str(parse_jobs(a.jobs))
     return reproduce(profile, only=only, keep_going=a.keep_going, out_dir=out_dir,
                      parameters=params, notebooks_dir=a.notebooks_dir)
 
 
 def cmd_runs(a: argparse.Namespace) -> int:
-    from .study import context, parse_seeds, plan
+    from .jobs import slurm_script, train_all
+    from .study import context, distinct_runs, parse_seeds, plan
 
     ctx = context(a.profile, runs_dir=a.runs_dir, data_dir=a.data_dir, device=a.device,
-                  seeds=parse_seeds(a.seeds) if a.seeds else None)
+                  seeds=parse_seeds(a.seeds) if a.seeds else None, jobs=a.jobs)
+    if a.slurm or a.train:
+        configs = [cfg for _, _, cfg in distinct_runs(ctx)]
+        names = {cfg.run_dir(): f"{key} seed {seed}" for key, seed, cfg in distinct_runs(ctx)}
+        if a.slurm:
+            options = a.sbatch_options or (f"--cpus-per-task={ctx.profile.threads}"
+                                           if ctx.profile.threads else
+                                           "--cpus-per-task=8 --gres=gpu:1")
+            print(slurm_script(configs, f"profile {a.profile} (seeds {list(ctx.seeds)})",
+                               options), end="")
+            return 0
+        train_all(configs, ctx.jobs, names)
+        return 0
     rows = plan(ctx)
     if a.commands:
         for r in rows:
@@ -221,6 +238,15 @@ def _runs_args(r: argparse.ArgumentParser) -> None:
                    "profile's")
     r.add_argument("--commands", action="store_true", help="one training command per run "
                    "not done (for GNU parallel, a SLURM array or one worker per GPU)")
+    r.add_argument("--slurm", action="store_true", help="print a bash script that submits "
+                   "the runs not done as SLURM job arrays (one run per task, parents first)")
+    r.add_argument("--sbatch-options", default="", metavar="OPTIONS", help="sbatch options of "
+                   "every task in the --slurm script (default: the profile's threads as "
+                   "--cpus-per-task on the CPU profiles; 8 CPUs and one GPU otherwise)")
+    r.add_argument("--train", action="store_true", help="train the runs not done here, "
+                   "--jobs at a time, parents first")
+    r.add_argument("--jobs", default="auto", help="with --train: runs at once, a number or "
+                   "auto (one per GPU, or as many as the cores hold at the profile's threads)")
     r.add_argument("--runs-dir", default="runs")
     r.add_argument("--data-dir", default="data")
     r.add_argument("--device", default="auto")
@@ -236,6 +262,10 @@ def _reproduce_args(r: argparse.ArgumentParser) -> None:
                    help="notebook parameter (must exist in the notebooks' parameters cell)")
     r.add_argument("--notebooks-dir", default=None,
                    help="run another folder of NN_*.ipynb notebooks (default: notebooks/)")
+    r.add_argument("--jobs", default=None, help="runs trained at once, each in its own "
+                   "process: a number, or auto (one per GPU, or as many as the cores hold at "
+                   "the profile's threads); the tables do not depend on it. Default: the "
+                   "notebooks' JOBS (auto)")
     r.set_defaults(func=cmd_reproduce)
 
 
@@ -309,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(command if command in COMMANDS else None).parse_args(argv)
     from .config import TrainingDiverged
+    from .jobs import RunsFailed
     from .runs import CorruptFile, RunBusy
 
     try:
@@ -319,6 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     except RunBusy as err:
         print(f"error: {_one_line(err)}", file=sys.stderr)
         return 4
+    except RunsFailed as err:  # one line per failed run, with its command
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except (ValueError, FileNotFoundError, CorruptFile) as err:
         print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2
