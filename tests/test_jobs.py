@@ -97,6 +97,16 @@ def test_jobs_count_and_errors(tmp_path, tiny_config):
     assert X.context("laptop", results_dir=str(tmp_path), jobs="2").jobs == 2
 
 
+def test_a_bad_jobs_value_is_one_line_before_any_work(tmp_path, capsys):
+    assert main(["reproduce", "--profile", "smoke", "--jobs", "0", "--out-dir",
+                 str(tmp_path / "res")]) == 2
+    assert main(["runs", "--profile", "smoke", "--train", "--jobs", "many", "--runs-dir",
+                 str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and all("positive integer or 'auto'" in line for line in err)
+    assert not (tmp_path / "res").exists() and not (tmp_path / "runs").exists()
+
+
 # --- SLURM ---------------------------------------------------------------------------------
 
 

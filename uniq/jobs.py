@@ -212,9 +212,9 @@ class Display:
             from tqdm.auto import tqdm
 
             self.tqdm = tqdm
-            self.overall = tqdm(total=total, desc="runs finished", position=0)
-            self.bars = [tqdm(total=1, desc=f"worker {i + 1}: idle", position=i + 1)
-                         for i in range(workers)]
+            self.overall = tqdm(total=total, desc="runs finished", unit="run", position=0)
+            self.bars = [tqdm(total=1, desc=f"worker {i + 1}: idle", unit="step",
+                              position=i + 1) for i in range(workers)]
 
     @property
     def child_interval(self) -> str:
@@ -243,7 +243,8 @@ class Display:
         bar = self.bars[job.slot]
         if step:
             steps = int(step["steps"])
-            bar.total = int(step["epochs"]) * steps
+            if bar.total != int(step["epochs"]) * steps:  # a new run on this worker
+                bar.reset(total=int(step["epochs"]) * steps)
             bar.n = (int(step["epoch"]) - 1) * steps + int(step["step"])
             bar.refresh()
         elif epoch:
