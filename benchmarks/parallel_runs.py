@@ -1,4 +1,4 @@
-"""Seconds for a profile's quantized runs one at a time vs several at once (``uniq.jobs``).
+"""Seconds for a profile's quantized runs one at a time vs several at once (``uniq.repro.jobs``).
 
     python benchmarks/parallel_runs.py          # laptop profile, 2 runs
     python benchmarks/parallel_runs.py --runs 4 --out benchmarks/results/MACHINE/parallel_runs.json
@@ -11,7 +11,7 @@ folder that holds only the parent:
   default: how the notebooks trained before a profile fixed its threads);
 - ``one at a time, profile threads``: in this process, the profile's thread count (what
   ``--jobs 1`` does);
-- ``N at a time``: ``uniq.jobs.train_all`` with ``--jobs auto`` (worker processes, their
+- ``N at a time``: ``uniq.repro.jobs.train_all`` with ``--jobs auto`` (worker processes, their
   start-up included).
 
 The last two must give bit-identical weights (checked: ``weights_sha256``). The machine's load
@@ -32,9 +32,9 @@ from pathlib import Path
 
 import torch
 
-import uniq.jobs as J
-import uniq.study as X
-from uniq.train import fit
+import uniq.repro.jobs as J
+import uniq.repro.study as X
+from uniq.repro.train import fit
 
 
 def _load() -> float:

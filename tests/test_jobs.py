@@ -1,4 +1,4 @@
-"""Runs in parallel (``uniq.jobs``): the same runs and bits as one at a time, parents first, a
+"""Runs in parallel (``uniq.repro.jobs``): the same runs and bits as one at a time, parents first, a
 failing run reported while the others finish; the SLURM script of a profile, parsed and
 submitted to a stand-in ``sbatch``."""
 
@@ -11,10 +11,10 @@ import sys
 
 import pytest
 
-import uniq.jobs as J
-import uniq.study as X
-from uniq.__main__ import main
-from uniq.runs import run_state
+import uniq.repro.jobs as J
+import uniq.repro.study as X
+from uniq.repro.cli import main
+from uniq.repro.runs import run_state
 
 # A study small enough to train five times over in seconds: 96 images, one epoch per run.
 TINY = X.Profile("tiny", "synthetic", depth=8, batch_size=32, fp_epochs=1, epochs=1,

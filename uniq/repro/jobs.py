@@ -7,11 +7,11 @@ train at once, each in its own worker process, which runs it exactly as its comm
 (``python -m uniq train ...``, what ``runs --commands`` prints) and then takes the next; a
 parent is always finished before its children start. A run on the CPU uses the thread count its
 config fixes (the profile's ``threads``); on GPUs each worker sees one GPU
-(``CUDA_VISIBLE_DEVICES``). The run lock (``uniq.runs.RunLock``) makes a run asked for by two
+(``CUDA_VISIBLE_DEVICES``). The run lock (``uniq.repro.runs.RunLock``) makes a run asked for by two
 processes train once.
 
 Results do not depend on N: a run computes the same bits in its own process as in the
-notebook's, on the same thread count (``uniq.train.cpu_threads``). A worker that fails or is
+notebook's, on the same thread count (``uniq.repro.train.cpu_threads``). A worker that fails or is
 killed loses only its own run (and the runs that start from it, which are not started); the
 others finish, and the error names every failed run with the command that trains it alone.
 """
@@ -265,33 +265,14 @@ class Display:
 
 # --- running -----------------------------------------------------------------------------------
 
-ENDED = "[uniq.jobs] run ended with exit code "
+ENDED = "[uniq.repro.jobs] run ended with exit code "
 """What a worker prints after each run (the rest of its output is the run's own)."""
 
 
-def worker() -> int:
-    """A worker process: reads one run's ``python -m uniq`` arguments per line (JSON) from
-    stdin, runs each as that command would (same errors, same exit codes), and prints
-    ``ENDED`` with the exit code after each. Importing PyTorch once per worker, not once per
-    run, keeps many short runs from paying the start-up again and again."""
-    import json
-    import traceback
-
-    from .__main__ import main
-
-    try:
-        for line in sys.stdin:
-            try:
-                code = main(json.loads(line))
-            except SystemExit as err:  # argparse
-                code = err.code if isinstance(err.code, int) else 2
-            except Exception:  # noqa: BLE001 - reported as this run's failure; the next goes on
-                traceback.print_exc()
-                code = 1
-            print(f"{ENDED}{code}", flush=True)
-    except KeyboardInterrupt:
-        return 130
-    return 0
+# The worker's program: ``uniq.repro.cli.jobs_worker`` (the command line's own ``main`` runs
+# each run; this module sits below the command line and does not import it).
+WORKER = (f"from {__name__.rsplit('.', 1)[0]}.cli import jobs_worker; "
+          "raise SystemExit(jobs_worker())")
 
 
 def _package_root() -> str:
@@ -325,7 +306,7 @@ class Worker:
         if self.gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = self.gpu
         self.process = subprocess.Popen(
-            [sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            [sys.executable, "-c", WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True, bufsize=1, env=env)
         threading.Thread(target=_forward, args=(self, self.process, lines), daemon=True).start()
 
@@ -552,6 +533,3 @@ def slurm_script(configs: Iterable[RunConfig], what: str,
                 f'echo "level {level}: job array $previous, {len(group)} run(s)"']
     return "\n".join(out) + "\n"
 
-
-if __name__ == "__main__":
-    sys.exit(worker())
