@@ -27,7 +27,15 @@ from .comparable import comparable_to_paper, paper_differences, setting_differen
 from .config import FULL_PRECISION, CifarConfig, ImageNetConfig
 from .figures import DPI, show
 from .jobs import parse_jobs, resolve_jobs, run_args, train_all
-from .paper import PAPER_NAMES, REPORTED, check_reported, paper_tables, paper_value, with_diff
+from .paper import (  # noqa: F401 - table1: notebook 2
+    PAPER_NAMES,
+    REPORTED,
+    check_reported,
+    paper_tables,
+    paper_value,
+    table1,
+    with_diff,
+)
 from .paths import resolve_path
 from .recipes import get_recipe, lr_at  # noqa: F401 - lr_at: notebook 4
 from .repro_summary import seed_noise  # noqa: F401 - notebook 4
@@ -137,8 +145,8 @@ PROFILES = {
 }
 
 
-# Without a GPU the notebooks open in the profile whose numbers mean something on 2 cores
-# (issue 20); ``reproduce`` and CI name ``smoke`` themselves.
+# Without a GPU the notebooks open in the profile whose numbers mean something on 2 cores;
+# ``reproduce`` and CI name ``smoke`` themselves.
 CPU_DEFAULT = "laptop"
 
 
