@@ -1038,26 +1038,61 @@ def _optimized(path: str | Path):
         return onnx.load(options.optimized_model_filepath)
 
 
-def cmd_export(a: argparse.Namespace) -> int:
+# Bytes of memory an export needs per input pixel of the check batch: the float input, the
+# widest early feature maps (64 channels), kept by the tracer, PyTorch and onnxruntime alike.
+BYTES_PER_INPUT_PIXEL = 4 * 64 * 2
+
+
+def _memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not POSIX: no bound
+        return None
+
+
+def _is_onnx(path: Path) -> bool:
+    """An ONNX file (an earlier export, replaced without --force)."""
+    try:
+        import onnx
+
+        return path.suffix == ".onnx" and bool(onnx.load(str(path),
+                                                         load_external_data=False).graph.node)
+    except Exception:  # noqa: BLE001 - anything onnx cannot read is not an ONNX file
+        return False
+
+
+def check_export_arguments(a: argparse.Namespace) -> Path:
+    """Every flag, and the output path, before the run is loaded; returns the output path."""
+    from ..repro.outputs import check_output
+
     for name in ("batch", "image_size"):
         value = getattr(a, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
-    out = Path(a.output)
-    blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
-    if blocking is not None:
-        raise ValueError(f"-o {out}: {blocking} is a file, not a folder; choose an output path "
-                         "inside a folder")
-    if out.is_dir():
-        raise ValueError(f"-o {out} is a folder; give a file name, e.g. {out / 'model.onnx'}")
+    if a.nine_bit is not None and not a.integer:
+        raise ValueError(f"--nine-bit {a.nine_bit} only applies with --integer; add --integer "
+                         "or leave --nine-bit out")
+    memory = _memory_bytes()
+    if a.image_size is not None and memory is not None:
+        need = a.batch * a.image_size ** 2 * BYTES_PER_INPUT_PIXEL
+        if need > memory:
+            raise ValueError(f"--image-size {a.image_size} with --batch {a.batch} needs about "
+                             f"{need / 2**30:,.0f} GiB, more than this machine's "
+                             f"{memory / 2**30:,.0f} GiB of memory; use a smaller --image-size "
+                             "or --batch")
+    return check_output(a.output, "-o", getattr(a, "force", False), _is_onnx, "ONNX file")
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    check_export_arguments(a)
     try:
         require("onnx"), require("onnxruntime")
         model = load_run_model(a.run_dir)
         size = a.image_size or run_input_size(a.run_dir)
         g = torch.Generator().manual_seed(a.seed)
         x = torch.randn(a.batch, 3, size, size, generator=g)
-        path = export_onnx(model, a.output, x, integer=a.integer, nine_bit=a.nine_bit,
-                           fused=getattr(a, "fused", False))
+        path = export_onnx(model, a.output, x, integer=a.integer,
+                           nine_bit=a.nine_bit or "float", fused=getattr(a, "fused", False))
     except ImportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -1090,7 +1125,7 @@ def add_export_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--integer", action="store_true",
                    help="compute every quantized layer with integer kernels (ConvInteger / "
                         "MatMulInteger) instead of the QDQ form's float kernels")
-    p.add_argument("--nine-bit", choices=NINE_BIT, default="float",
+    p.add_argument("--nine-bit", choices=NINE_BIT, default=None,
                    help="with --integer: layers whose odd codes need 9 bits (8-bit UniQ first "
                         "and last layers) stay QDQ (float, the default: faster) or are split "
                         "into int8 kernels (split: every quantized layer in integers)")
@@ -1098,6 +1133,9 @@ def add_export_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="with --integer: fuse a convolution, its BatchNorm, ReLU and the next "
                         "quantizer into one QLinearConv (faster; the bias is rounded to the "
                         "accumulator's grid, the report counts the codes that moved)")
+    p.add_argument("--force", action="store_true",
+                   help="replace -o even if it is not an ONNX file (a run's or results "
+                        "folder's file is never replaced)")
     p.set_defaults(func=cmd_export)
     return p
 

@@ -8,7 +8,6 @@ notebooks or two processes is trained once.
 
 from __future__ import annotations
 
-import json
 import shlex
 import time
 from collections.abc import Iterable
@@ -39,7 +38,17 @@ from .paper import (  # noqa: F401 - table1: notebook 2
 from .paths import resolve_path
 from .recipes import get_recipe, lr_at  # noqa: F401 - lr_at: notebook 4
 from .repro_summary import seed_noise  # noqa: F401 - notebook 4
-from .runs import Run, finished_runs, older_scheme_run, run_state
+from .runs import (
+    CorruptFile,
+    Run,
+    finished_runs,
+    older_scheme_run,
+    read_json,
+    run_state,
+    write_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
 from .tasks import cifar_splits, demo_config, generated_folder
 from .train import fit
 
@@ -744,11 +753,11 @@ def save_table(ctx: Context, df: pd.DataFrame, name: str, title: str,
         df["comparable_to_paper"] = comparable
         df["precision"] = ctx.precision
     csv = ctx.results_dir / f"{name}.csv"
-    df.to_csv(csv, index=False)
+    write_text_atomic(df.to_csv(index=False), csv)
     caveat = note or ctx.profile.caveat() + (f" ({differs})" if differs else "")
     md = [f"# {title}", "", f"> {caveat}", "",
           df.to_markdown(index=False), ""]
-    (ctx.results_dir / f"{name}.md").write_text("\n".join(md))
+    write_text_atomic("\n".join(md), ctx.results_dir / f"{name}.md")
     return csv
 
 
@@ -757,7 +766,7 @@ def save_figure(ctx: Context, fig, name: str) -> Path:
     (whatever the matplotlib backend: see ``uniq.repro.figures.show``)."""
 
     path = ctx.results_dir / f"{name}.png"
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight"))
     show(fig, path)
     return path
 
@@ -766,11 +775,17 @@ def record(ctx: Context, notebook: str, **facts) -> None:
     """Add what a notebook used (runs, dataset, seeds) to ``notebooks.json`` in the results,
     which the runner folds into provenance.json."""
     path = ctx.results_dir / "notebooks.json"
-    data = json.loads(path.read_text()) if path.exists() else {}
+    try:
+        data = read_json(path) if path.exists() else {}
+    except CorruptFile as err:
+        data = None
+        print(f"warning: {err}; it is started afresh with this notebook's record (the others "
+              "come back when they run again)")
+    data = data if isinstance(data, dict) else {}
     data[notebook] = {"profile": asdict(ctx.profile), "seeds": list(ctx.seeds),
                       "precision": ctx.precision, "lsq_init": ctx.lsq_init,
                       "reported": ctx.reported, **facts}
-    path.write_text(json.dumps(data, indent=2, default=str))
+    write_json_atomic(data, path)
 
 
 def _settings(df: pd.DataFrame, columns: list[str]) -> pd.Series:
