@@ -76,3 +76,14 @@ def test_gpu_preflight_refuses_a_machine_without_a_gpu_clearly(tmp_path):
     bad = subprocess.run(["bash", script, "everything"], env=env, capture_output=True,
                          text=True, timeout=60)
     assert bad.returncode == 2 and "stage must be" in bad.stderr
+
+
+@pytest.mark.slow
+def test_parallel_runs_runs_on_the_smoke_profile(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "parallel_runs.json"
+    run_script("parallel_runs.py", "--profile", "smoke", "--runs", "2", "--jobs", "2",
+               "--out", out, monkeypatch=monkeypatch)
+    result = json.loads(out.read_text())
+    assert [r["workers"] for r in result["rows"]] == [1, 1, 2]
+    assert result["bit_identical_profile_threads_vs_parallel"] is True
+    assert all(r["seconds"] > 0 for r in result["rows"])

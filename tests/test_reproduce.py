@@ -299,7 +299,7 @@ def test_every_notebook_takes_the_same_parameters():
 
     found = {nb.name: set(papermill.inspect_notebook(str(nb))) for nb in notebooks()}
     expected = {"PROFILE", "RESULTS_DIR", "RUNS_DIR", "DATA_DIR", "DEVICE", "SEEDS", "LSQ_INIT",
-                "REPORTED", "PRECISION"}
+                "REPORTED", "PRECISION", "JOBS"}
     assert all(params == expected for params in found.values()), found
 
 

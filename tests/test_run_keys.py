@@ -110,7 +110,8 @@ ALTERNATIVES = {
     "batch_size": 64, "calib_batches": 3, "seed": 1, "precision": "bf16", "sync_bn": True,
     "init_from": "OTHER", "init_from_run": "FILE", "dynamics_per_epoch": 1,
     "compile": "default", "device": "cpu", "channels_last": True, "runs_dir": "elsewhere",
-    "data_dir": "other-data", "workers": 0, "log_every": 3, "stop_after": 1, "wait": False,
+    "data_dir": "other-data", "workers": 0, "threads": 2, "log_every": 3, "stop_after": 1,
+    "wait": False,
     # CIFAR
     "dataset": "cifar100", "cifar_stats": "exact", "data_fraction": 0.5, "synthetic_train": 256,
     "synthetic_test": 100,

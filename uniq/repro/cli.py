@@ -154,14 +154,19 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
     except ValueError as err:
         raise ValueError(f"-p PROFILE={profile}: {err}; or use --profile") from None
     out_dir = params.pop("RESULTS_DIR", a.out_dir)
+    if a.jobs is not None:  # --jobs N is -p JOBS=N
+        from .jobs import parse_jobs
+
+        params["JOBS"] = str(parse_jobs(a.jobs))
     return reproduce(profile, only=only, keep_going=a.keep_going, out_dir=out_dir,
                      parameters=params, notebooks_dir=a.notebooks_dir)
 
 
 def cmd_runs(a: argparse.Namespace) -> int:
     from .distributed import check_device_name
+    from .jobs import slurm_script, train_all
     from .paths import resolve_path
-    from .study import context, parse_seeds, plan
+    from .study import context, distinct_runs, parse_seeds, plan
 
     check_device_name(a.device)
     for flag, folder in (("--runs-dir", a.runs_dir), ("--data-dir", a.data_dir)):
@@ -170,7 +175,19 @@ def cmd_runs(a: argparse.Namespace) -> int:
             raise ValueError(f"{flag} {folder}: {path} is a file, not a folder; give a folder "
                              "(it need not exist yet)")
     ctx = context(a.profile, runs_dir=a.runs_dir, data_dir=a.data_dir, device=a.device,
-                  seeds=parse_seeds(a.seeds) if a.seeds else None)
+                  seeds=parse_seeds(a.seeds) if a.seeds else None, jobs=a.jobs)
+    if a.slurm or a.train:
+        configs = [cfg for _, _, cfg in distinct_runs(ctx)]
+        names = {cfg.run_dir(): f"{key} seed {seed}" for key, seed, cfg in distinct_runs(ctx)}
+        if a.slurm:
+            options = a.sbatch_options or (f"--cpus-per-task={ctx.profile.threads}"
+                                           if ctx.profile.threads else
+                                           "--cpus-per-task=8 --gres=gpu:1")
+            print(slurm_script(configs, f"profile {a.profile} (seeds {list(ctx.seeds)})",
+                               options), end="")
+            return 0
+        train_all(configs, ctx.jobs, names)
+        return 0
     rows = plan(ctx)
     if a.commands:
         for r in rows:
@@ -230,6 +247,15 @@ def _runs_args(r: argparse.ArgumentParser) -> None:
                    "profile's")
     r.add_argument("--commands", action="store_true", help="one training command per run "
                    "not done (for GNU parallel, a SLURM array or one worker per GPU)")
+    r.add_argument("--slurm", action="store_true", help="print a bash script that submits "
+                   "the runs not done as SLURM job arrays (one run per task, parents first)")
+    r.add_argument("--sbatch-options", default="", metavar="OPTIONS", help="sbatch options of "
+                   "every task in the --slurm script (default: the profile's threads as "
+                   "--cpus-per-task on the CPU profiles; 8 CPUs and one GPU otherwise)")
+    r.add_argument("--train", action="store_true", help="train the runs not done here, "
+                   "--jobs at a time, parents first")
+    r.add_argument("--jobs", default="auto", help="with --train: runs at once, a number or "
+                   "auto (one per GPU, or as many as the cores hold at the profile's threads)")
     r.add_argument("--runs-dir", default="runs")
     r.add_argument("--data-dir", default="data")
     r.add_argument("--device", default="auto")
@@ -245,6 +271,10 @@ def _reproduce_args(r: argparse.ArgumentParser) -> None:
                    help="notebook parameter (must exist in the notebooks' parameters cell)")
     r.add_argument("--notebooks-dir", default=None,
                    help="run another folder of NN_*.ipynb notebooks (default: notebooks/)")
+    r.add_argument("--jobs", default=None, help="runs trained at once, each in its own "
+                   "process: a number, or auto (one per GPU, or as many as the cores hold at "
+                   "the profile's threads); the tables do not depend on it. Default: the "
+                   "notebooks' JOBS (auto)")
     r.set_defaults(func=cmd_reproduce)
 
 
@@ -320,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(command if command in COMMANDS else None).parse_args(argv)
     from .config import TrainingDiverged
+    from .jobs import RunsFailed
     from .runs import CorruptFile, RunBusy
 
     try:
@@ -330,6 +361,9 @@ def main(argv: list[str] | None = None) -> int:
     except RunBusy as err:
         print(f"error: {_one_line(err)}", file=sys.stderr)
         return 4
+    except RunsFailed as err:  # one line per failed run, with its command
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except (ValueError, FileNotFoundError, CorruptFile) as err:
         print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2
@@ -342,6 +376,30 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted; the last checkpoint is kept and the next call resumes from it",
               file=sys.stderr)
         return 130
+
+
+def jobs_worker() -> int:
+    """A worker process of ``uniq.repro.jobs``: reads one run's ``python -m uniq`` arguments per
+    line (JSON) from stdin, runs each as that command would (same errors, same exit codes), and
+    prints ``jobs.ENDED`` with the exit code after each. Importing PyTorch once per worker, not
+    once per run, keeps many short runs from paying the start-up again and again."""
+    import traceback
+
+    from .jobs import ENDED
+
+    try:
+        for line in sys.stdin:
+            try:
+                code = main(json.loads(line))
+            except SystemExit as err:  # argparse
+                code = err.code if isinstance(err.code, int) else 2
+            except Exception:  # noqa: BLE001 - reported as this run's failure; the next goes on
+                traceback.print_exc()
+                code = 1
+            print(f"{ENDED}{code}", flush=True)
+    except KeyboardInterrupt:
+        return 130
+    return 0
 
 
 if __name__ == "__main__":

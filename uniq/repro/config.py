@@ -119,6 +119,9 @@ class RunConfig:
     data_dir: str = option("data", "where the data lives (relative: from the project root)",
                            hashed=False)
     workers: int = option(2, "DataLoader worker processes", hashed=False)
+    threads: int = option(0, "CPU threads of this run's process (torch.set_num_threads; 0: "
+                          "PyTorch's default). Recorded in config.json and result.json",
+                          hashed=False)
     log_every: int = option(50, "check the loss (and print, at most every 10 s) every N steps",
                             hashed=False)
     stop_after: int = option(0, "leave after N epochs in this call (0: never); rerun to go on",
@@ -297,6 +300,9 @@ PLACEMENT = {
     "workers": "DataLoader processes; hashed by a task when they change the batches (CIFAR's "
                "dataloader loader; ImageNet draws each image's augmentation from its own "
                "seed, whatever the worker count)",
+    "threads": "CPU threads of the run's process: like the device, they change how float sums "
+               "are split, never what is computed; a profile fixes them so its tables do not "
+               "depend on how many runs train at once, and every run records them",
     "log_every": "how often the loss is checked and printed",
     "stop_after": "leaving early; the next call continues the same run",
     "wait": "what to do when another process holds the run",
@@ -393,7 +399,7 @@ def validate_fields(cfg: RunConfig) -> None:
     for name in positive:
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be a positive integer, got {getattr(cfg, name)}")
-    for name in ("seed", "workers", "stop_after", "dynamics_per_epoch"):
+    for name in ("seed", "workers", "threads", "stop_after", "dynamics_per_epoch"):
         if getattr(cfg, name) < 0:
             raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)}")
     for name in ("lr", "warmup_epochs", "weight_decay"):

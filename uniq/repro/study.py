@@ -11,7 +11,7 @@ from __future__ import annotations
 import shlex
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +23,10 @@ from ..models import IMAGENET_MODELS, adaptive_pooling, imagenet_model
 from ..modules import quantizers
 from .claims import chance_holds, evaluate_claims, per_cell_summary  # noqa: F401 - chance_holds: notebook 8
 from .comparable import comparable_to_paper, paper_differences, setting_differences
-from .config import FULL_PRECISION, CifarConfig, ImageNetConfig, as_flags
+from .config import FULL_PRECISION, CifarConfig, ImageNetConfig
 from .export import load_run_batch  # noqa: F401 - notebook 9
 from .figures import DPI, show
+from .jobs import parse_jobs, resolve_jobs, run_args, train_all
 from .paper import (  # noqa: F401 - table1: notebook 2
     PAPER_NAMES,
     REPORTED,
@@ -74,6 +75,10 @@ class Profile:
     dynamics_per_epoch: int = 4
     compile: str = "none"
     expected_time: str = ""
+    threads: int = 0
+    """CPU threads of each run (0: PyTorch's default, all cores). Fixed for the CPU profiles:
+    another count rounds float sums differently, and the tables must not depend on how many
+    runs train at once (``uniq.repro.jobs``)."""
 
     @property
     def comparable(self) -> bool:
@@ -137,7 +142,7 @@ PROFILES = {
     "smoke": Profile("smoke", "synthetic", depth=8, batch_size=32, fp_epochs=6, epochs=2,
                      calib_batches=2, warmup_scale=0.1, seeds=(0, 1), synthetic_train=512,
                      synthetic_test=250, dynamics_per_epoch=8,
-                     expected_time="about 5 minutes on 2 CPU cores"),
+                     expected_time="about 5 minutes on 2 CPU cores", threads=1),
     # Chosen on full-precision accuracy, seed-to-seed sd, weight movement and time only, never
     # on a claim's verdict (README: the laptop profile): 7,500 training images give 702 steps
     # per quantized run, enough for the 2-bit weights to move past 5%, with a seed sd of 0.27
@@ -145,7 +150,8 @@ PROFILES = {
     "laptop": Profile("laptop", "finegrain", depth=8, batch_size=32, fp_epochs=3, epochs=3,
                       calib_batches=10, warmup_scale=0.1, seeds=(0, 1, 2),
                       synthetic_train=7_500, synthetic_test=5_000, dynamics_per_epoch=8,
-                      expected_time="about 16 minutes on 2 idle CPU cores (README)"),
+                      expected_time="about 16 minutes on 2 idle CPU cores (README)",
+                      threads=1),
     "quick": Profile("quick", "cifar100", depth=32, batch_size=128, fp_epochs=60, epochs=30,
                      calib_batches=100, warmup_scale=1.0, seeds=(0, 1, 2),
                      dynamics_per_epoch=8, compile="default",
@@ -221,6 +227,8 @@ class Context:
     reported: str = "top1_final"
     precision: str = "fp32"
     notes: dict = field(default_factory=dict)
+    jobs: int | str = 1
+    """How many runs train at once (``uniq.repro.jobs``): a number, or "auto"."""
 
     def base(self) -> dict:
         p = self.profile
@@ -229,7 +237,7 @@ class Context:
                     calib_batches=p.calib_batches, dynamics_per_epoch=p.dynamics_per_epoch,
                     fp_epochs=p.fp_epochs, precision=self.precision,
                     runs_dir=str(self.runs_dir), data_dir=str(self.data_dir),
-                    device=self.device, compile=p.compile)
+                    device=self.device, compile=p.compile, threads=p.threads)
 
     def comparable(self, table: int | None = None) -> tuple[bool, str]:
         """Whether this context's runs (of every table, or of one) are in the paper's
@@ -247,7 +255,7 @@ class Context:
 def context(profile: str = "smoke", results_dir: str | None = None, runs_dir: str = "runs",
             data_dir: str = "data", device: str = "auto", seeds: object = None,
             lsq_init: str = "lsq", reported: str = "top1_final",
-            precision: str = "fp32") -> Context:
+            precision: str = "fp32", jobs: object = 1) -> Context:
     """Resolve a notebook's parameters. Relative paths are taken from the project root (see
     ``uniq.repro.paths``), so a notebook gives the same answer from JupyterLab and from
     papermill."""
@@ -262,7 +270,7 @@ def context(profile: str = "smoke", results_dir: str | None = None, runs_dir: st
     out.mkdir(parents=True, exist_ok=True)
     return Context(prof, out, resolve_path(runs_dir), resolve_path(data_dir), device,
                    prof.seeds if seeds is None else parse_seeds(seeds), lsq_init,
-                   check_reported(reported), precision)
+                   check_reported(reported), precision, jobs=parse_jobs(jobs))
 
 
 # --- the experiments ------------------------------------------------------------------------
@@ -384,10 +392,7 @@ def _state(cfg: CifarConfig) -> str:
 
 def train_command(cfg: CifarConfig) -> str:
     """The ``python -m uniq train`` command that trains exactly this run."""
-    default = CifarConfig()
-    changed = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.metadata.get("cli", True)
-               and getattr(cfg, f.name) != getattr(default, f.name)}
-    return shlex.join(["python", "-m", "uniq", "train", *as_flags(changed)])
+    return shlex.join(["python", "-m", "uniq", *run_args(cfg)])
 
 
 def distinct_runs(ctx: Context, keys: Iterable[str] | None = None
@@ -415,7 +420,7 @@ def distinct_runs(ctx: Context, keys: Iterable[str] | None = None
 
 def _placement(ctx: Context) -> dict:
     b = ctx.base()
-    return {k: b[k] for k in ("runs_dir", "data_dir", "device")}
+    return {k: b[k] for k in ("runs_dir", "data_dir", "device", "threads")}
 
 
 def plan(ctx: Context, keys: Iterable[str] | None = None) -> list[dict]:
@@ -452,6 +457,10 @@ def ensure(ctx: Context, keys: Iterable[str], notebook: str = "this notebook") -
         print(f"{notebook} needs {len(todo)} runs: {len(todo) - len(missing)} cached, "
               f"{len(missing)} to train{eta}. {ctx.describe()}.", flush=True)
     runs = {}
+    if resolve_jobs(ctx.jobs, [c for _, _, c in missing]) > 1:  # several processes at once
+        train_all([c for _, _, c in missing], ctx.jobs,
+                  names={c.run_dir(): f"{k} seed {s}" for k, s, c in missing})
+        missing = []
     for i, (key, seed, cfg) in enumerate(missing):
         print(f"run {i + 1} of {len(missing)}: {key} seed {seed} ({cfg.run_dir().name})",
               flush=True)

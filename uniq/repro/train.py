@@ -12,8 +12,8 @@ from __future__ import annotations
 import math
 import platform
 import time
-from collections.abc import Callable, Iterable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,7 +108,9 @@ class Progress:
         import sys
 
         self.label, self.total, self.bar = label, total, None
-        self.min_interval, self.last = min_interval, time.time()
+        # ``uniq.repro.jobs`` asks its workers for more frequent lines: it draws them as bars
+        self.min_interval = float(os.environ.get("UNIQ_PROGRESS_INTERVAL", min_interval))
+        self.last = time.time()
         mode = os.environ.get("UNIQ_PROGRESS", "auto")
         self.quiet = quiet or mode == "none"
         # A terminal or a Jupyter kernel (``reproduce`` sets ``UNIQ_PROGRESS=lines`` for its
@@ -200,8 +202,25 @@ def fit(config: RunConfig, *, resume: str = "auto", quiet: bool = False) -> Run 
             for name in ("result.json", "model.pt", "checkpoint.pt"):
                 (run_dir / name).unlink(missing_ok=True)
         dist.barrier(d)
-        with value_checks(False):  # the same on every device: see uniq.functional
+        # the same on every device (see uniq.functional), on the run's own thread count
+        with value_checks(False), cpu_threads(cfg.threads):
             return _train(cfg, d, run_dir, start, say, quiet)
+
+
+@contextmanager
+def cpu_threads(threads: int) -> Iterator[None]:
+    """``torch.set_num_threads(threads)`` for the life of the block (0: leave PyTorch's own
+    count). A float sum split over another number of threads rounds differently, so a profile
+    fixes this count and every run records it (``_environment``)."""
+    if not threads:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _printer(on: bool) -> Callable[..., None]:
@@ -213,6 +232,7 @@ def _printer(on: bool) -> Callable[..., None]:
 def _environment(device: torch.device, d: dist.Dist) -> dict[str, Any]:
     env = {"torch": torch.__version__, "python": platform.python_version(),
            "device": str(device), "host": platform.node(), "world_size": d.world,
+           "threads": torch.get_num_threads(),
            "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
            "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32}
     if device.type == "cuda":
