@@ -234,6 +234,8 @@ def test_context_takes_keywords_or_one_dict_of_the_notebook_parameters(tmp_path)
                          "RUNS_DIR": str(tmp_path), "SEEDS": "0,5", "LSQ_INIT": "mse"})
     assert by_keywords == by_dict and by_dict.seeds == (0, 5) and by_dict.lsq_init == "mse"
     with pytest.raises(TypeError, match="keyword"):
-        X.context("quick", str(tmp_path))  # positional, as the notebooks once called it
+        X.context("quick")
+    with pytest.raises(TypeError, match="positional"):
+        X.context("quick", str(tmp_path))  # as the notebooks once called it
     with pytest.raises(ValueError, match="SEED"):
         X.context({"PROFILE": "quick", "SEED": 3})

@@ -230,7 +230,7 @@ def context(parameters: dict | None = None, /, *, profile: str = "smoke",
         known = {"profile", "results_dir", "runs_dir", "data_dir", "device", "seeds",
                  "lsq_init", "reported", "precision"}
         given = {str(k).lower(): v for k, v in parameters.items()}
-        unknown = sorted(set(given) - known)
+        unknown = sorted(str(k) for k in parameters if str(k).lower() not in known)
         if unknown:
             raise ValueError(f"unknown notebook parameter(s) {', '.join(unknown)}; "
                              f"known: {', '.join(sorted(known))}")
