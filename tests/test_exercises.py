@@ -7,9 +7,9 @@ import pytest
 import torch
 from scipy.stats import norm
 
-from uniq import exercises as EX
 from uniq import mse
 from uniq.models import preact_resnet
+from uniq.repro import exercises as EX
 
 
 def test_an_unanswered_exercise_checks_nothing(capsys):

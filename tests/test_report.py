@@ -13,7 +13,7 @@ import nbformat  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from uniq.report import beside_the_paper, build_report  # noqa: E402
+from uniq.repro.report import beside_the_paper, build_report  # noqa: E402
 
 
 class Links(HTMLParser):
@@ -171,9 +171,9 @@ def test_figures_draw_without_warnings_and_titles_say_what_ran(recwarn):
     import torch
 
     import uniq
-    from uniq import figures as plots
-    from uniq.config import CifarConfig
     from uniq.models import preact_resnet
+    from uniq.repro import figures as plots
+    from uniq.repro.config import CifarConfig
 
     torch.manual_seed(0)
     models = {name: uniq.quantize_model(preact_resnet(8), 2, method, weight_granularity="tensor",
@@ -258,8 +258,8 @@ def summarised(results):
 def test_the_report_opens_with_the_reproducibility_summary(summarised):
     import math
 
-    from uniq.claims import detectable_effect
-    from uniq.repro_summary import HEADINGS, fidelity_rows
+    from uniq.repro.claims import detectable_effect
+    from uniq.repro.repro_summary import HEADINGS, fidelity_rows
 
     out, notebook_dir, fidelity = summarised
     text = build_report(out, notebook_dir, fidelity).read_text()
@@ -294,7 +294,7 @@ def test_the_report_opens_with_the_reproducibility_summary(summarised):
 
 
 def test_the_summary_says_what_is_missing(results):
-    from uniq.repro_summary import summary_parts
+    from uniq.repro.repro_summary import summary_parts
 
     out, _ = results
     parts = {p.heading: p for p in summary_parts(out, out / "no-fidelity.md")}

@@ -13,10 +13,10 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from ..convert import calibrate, conversion_report, quantize_model
+from ..functional import lsq_quantize, symmetric_quantize
+from ..mse import distortion, optimal_sqnr_db, optimal_step
 from .claims import holm
-from .convert import calibrate, conversion_report, quantize_model
-from .functional import lsq_quantize, symmetric_quantize
-from .mse import distortion, optimal_sqnr_db, optimal_step
 
 
 def _verdict(name: str, answer: object, right: bool, detail: str) -> bool | None:

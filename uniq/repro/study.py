@@ -2,7 +2,7 @@
 Figures 3-4 (with seeds), and writers that put every table next to the paper's numbers.
 
 Notebooks call these functions; they never build configs or loops themselves. Every run goes
-through ``uniq.train.fit`` with a fully resolved config, so a run asked for by two tables, two
+through ``uniq.repro.train.fit`` with a fully resolved config, so a run asked for by two tables, two
 notebooks or two processes is trained once.
 """
 
@@ -23,7 +23,15 @@ from .comparable import comparable_to_paper, paper_differences, setting_differen
 from .config import FULL_PRECISION, CifarConfig, ImageNetConfig, as_flags  # noqa: F401 - ImageNetConfig: notebook 7
 from .data import make_loader
 from .figures import DPI, show
-from .paper import PAPER_NAMES, REPORTED, check_reported, paper_tables, paper_value, with_diff
+from .paper import (
+    PAPER_NAMES,
+    REPORTED,
+    check_reported,
+    paper_tables,
+    paper_value,
+    table1,  # noqa: F401 - notebook 2
+    with_diff,
+)
 from .paths import resolve_path
 from .recipes import get_recipe, lr_at  # noqa: F401 - lr_at: notebook 4
 from .repro_summary import seed_noise  # noqa: F401 - notebook 4
@@ -56,7 +64,7 @@ class Profile:
 
     @property
     def comparable(self) -> bool:
-        """Decided by ``uniq.comparable`` on this profile's runs (the rule of every table,
+        """Decided by ``uniq.repro.comparable`` on this profile's runs (the rule of every table,
         claim and report)."""
         return not self.paper_differences()
 
@@ -204,7 +212,7 @@ class Context:
 
     def comparable(self) -> tuple[bool, str]:
         """Whether this context's runs are in the paper's setting, and what differs
-        (``uniq.comparable``: the one rule of tables, claims and the report)."""
+        (``uniq.repro.comparable``: the one rule of tables, claims and the report)."""
         differences = self.profile.paper_differences(self.precision)
         return (not differences, "differs from the paper's setting: " + "; ".join(differences)
                 if differences else "")
@@ -221,7 +229,7 @@ def context(parameters: dict | None = None, /, *, profile: str = "smoke",
             reported: str = "top1_final", precision: str = "fp32") -> Context:
     """Resolve a notebook's parameters, given as keywords (``profile="laptop"``) or as one dict
     of the parameters cell's names (``{"PROFILE": "laptop", "SEEDS": 3}``, case-insensitive).
-    Relative paths are taken from the project root (see ``uniq.paths``), so a notebook gives
+    Relative paths are taken from the project root (see ``uniq.repro.paths``), so a notebook gives
     the same answer from JupyterLab and from papermill."""
     if parameters is not None and not isinstance(parameters, dict):
         raise TypeError(f"context takes keyword arguments (profile={parameters!r}, ...) or one "
@@ -658,7 +666,7 @@ def unmoved(values: pd.DataFrame) -> dict[tuple[str, str], tuple[str, str]]:
 def claims_table(ctx: Context, train: bool = False) -> pd.DataFrame:
     """Every claim of ``data/claims.csv`` with its effect, 95% interval and verdict. Runs are
     pooled only when their configs differ in the seed alone, and "comparable to the paper" is
-    decided by ``uniq.comparable`` for each experiment's runs."""
+    decided by ``uniq.repro.comparable`` for each experiment's runs."""
     values, missing = measurements(ctx, train)
     comparability = {e.key: comparable_to_paper(
         [config(ctx, e, s) for s in seeds_of(ctx, e)])
@@ -732,7 +740,7 @@ def load_table(ctx: Context, name: str) -> pd.DataFrame | None:
 
 def save_figure(ctx: Context, fig, name: str) -> Path:
     """Write ``<name>.png`` into the results and show that same image once in the notebook
-    (whatever the matplotlib backend: see ``uniq.figures.show``)."""
+    (whatever the matplotlib backend: see ``uniq.repro.figures.show``)."""
 
     path = ctx.results_dir / f"{name}.png"
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
@@ -771,7 +779,8 @@ def imagenet_results(runs_dir: str | Path = "runs") -> pd.DataFrame:
 
 
 def _imagenet_comparable(runs_dir: str | Path, run: str) -> bool:
-    """``uniq.comparable``'s verdict on one ImageNet run (the rule of every table and claim)."""
+    """``uniq.repro.comparable``'s verdict on one ImageNet run (the rule of every table and
+    claim)."""
     return comparable_to_paper([Run.load(resolve_path(runs_dir) / "imagenet" / run).config])[0]
 
 
