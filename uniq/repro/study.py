@@ -23,13 +23,13 @@ from .comparable import comparable_to_paper, paper_differences, setting_differen
 from .config import FULL_PRECISION, CifarConfig, ImageNetConfig, as_flags  # noqa: F401 - ImageNetConfig: notebook 7
 from .data import make_loader
 from .figures import DPI, show
-from .paper import (
+from .paper import (  # noqa: F401 - table1: notebook 2
     PAPER_NAMES,
     REPORTED,
     check_reported,
     paper_tables,
     paper_value,
-    table1,  # noqa: F401 - notebook 2
+    table1,
     with_diff,
 )
 from .paths import resolve_path
@@ -136,8 +136,8 @@ PROFILES = {
 }
 
 
-# Without a GPU the notebooks open in the profile whose numbers mean something on 2 cores
-# (issue 20); ``reproduce`` and CI name ``smoke`` themselves.
+# Without a GPU the notebooks open in the profile whose numbers mean something on 2 cores;
+# ``reproduce`` and CI name ``smoke`` themselves.
 CPU_DEFAULT = "laptop"
 
 
