@@ -354,13 +354,14 @@ def accumulators(path, x):
     proto = onnx.load(str(path))
     props = {p.key: p.value for p in proto.metadata_props}
     taps, accs = json.loads(props["uniq.input_taps"]), json.loads(props["uniq.accumulators"])
+    zero_points = json.loads(props["uniq.input_tap_zero_points"])
     if not accs:
         return {}
     names = [taps[n] for n in accs] + list(accs.values())
     proto.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names)
     outs = E.onnx_session(proto.SerializeToString(), 1, spin=False).run(names, {"input": x.numpy()})
     codes = dict(zip(accs, outs[:len(accs)], strict=True))
-    return {n: (torch.from_numpy(codes[n]).long(), torch.from_numpy(a))
+    return {n: (torch.from_numpy(codes[n]).long() - zero_points.get(n, 0), torch.from_numpy(a))
             for n, a in zip(accs, outs[len(accs):], strict=True)}
 
 
@@ -408,6 +409,151 @@ def test_integer_graph_runs_integer_kernels_exactly(bits, nine_bit, granularity,
         assert torch.equal(torch.from_numpy(stored.astype("int64")) - 128,
                            layer.weight_codes.t() if layer.kind == "linear"
                            else layer.weight_codes)
+
+
+def extreme_codes(model):
+    """Every step of a calibrated model made tiny, so that every weight code is at one end of
+    its grid and every input code too (unsigned inputs: 0 or N-1; odd inputs: +-(N-1)): each
+    BatchNorm's output is its bias, +-1 by channel, plus the tiny normalised activation."""
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.zero_()
+            m.bias.data = torch.randint(0, 2, m.bias.shape, generator=g) * 2.0 - 1
+    for _, q in uniq.quantizers(model):
+        q.step.data.fill_(1e-6)
+    return model
+
+
+@needs_onnx
+@pytest.mark.parametrize("bits,method,granularity,fused", [
+    (2, "uniq", "tensor", False), (4, "uniq", "channel", False), (8, "uniq", "channel", False),
+    (8, "lsq", "tensor", False), (2, "uniq", "channel", True), (7, "uniq", "channel", True)])
+def test_integer_graph_is_exact_with_every_code_at_its_extreme(bits, method, granularity, fused,
+                                                               tmp_path):
+    """The worst case of a kernel that multiplies 8-bit operands in 16-bit pairs (AVX2's
+    VPMADDUBSW saturates a pair sum of two 255 * 127 products): every code at its extreme,
+    through onnxruntime's integer kernels on the CPU that runs this test; the int32
+    accumulators must equal the int64 reference exactly."""
+    model = extreme_codes(converted(trained_like(), bits, method, granularity))
+    path = E.export_onnx(model, tmp_path / "int.onnx", torch.randn(1, 3, 32, 32), integer=True,
+                         nine_bit="split", fused=fused)
+    x = torch.randn(3, 3, 32, 32)
+    x[0], x[1] = x[0].abs() + 0.5, -x[1].abs() - 0.5  # all codes high, all codes low
+    layers = I.integer_layers(model)
+    assert E.integer_layers(path)["missing"] == []
+    found = accumulators(path, x)
+    if fused:  # the fused layers' accumulators stay inside QLinearConv
+        assert_fused_codes_exact(model, path, x)
+    else:
+        assert sorted(found) == sorted(layers)
+    for name, (codes, acc) in found.items():
+        layer = layers[name]
+        for what, c, grid in (("weight", layer.weight_codes, layer.weight_grid),
+                              ("input", codes, layer.input_grid)):
+            low, high = grid.code_range
+            extreme = (c == high) | (c == low if grid.kind != "symmetric" else c == -high)
+            assert extreme.float().mean() > 0.99, (name, what)  # the worst case is tested
+        assert torch.equal(acc.long(), layer.integer_forward(codes)), name
+
+
+@needs_onnx
+@pytest.mark.parametrize("op", ["ConvInteger", "MatMulInteger"])
+def test_the_integer_kernels_operand_types_cannot_saturate(op):
+    """The operand types the integer graph feeds onnxruntime (uint8 codes with zero point 128,
+    uint8 weights ``code + 128`` with zero point 128), every stored byte at 0 or 255 in every
+    sign pattern: the int32 result equals the int64 reference on this CPU's kernels."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    g = torch.Generator().manual_seed(0)
+    k = 64 * 9
+    x = torch.randint(0, 2, (4, 64, 6, 6) if op == "ConvInteger" else (256, k), generator=g) * 255
+    w = torch.randint(0, 2, (32, 64, 3, 3) if op == "ConvInteger" else (k, 32), generator=g) * 255
+    x[0], w[0 if op == "ConvInteger" else slice(None), ...] = 255, 255  # every pair at 255 * 127
+    zx, zw = E.INPUT_ZERO_POINT, E.WEIGHT_ZERO_POINT
+    attrs = dict(pads=[1, 1, 1, 1]) if op == "ConvInteger" else {}
+    inits = [numpy_helper.from_array(w.numpy().astype("uint8"), "w"),
+             numpy_helper.from_array(torch.tensor(zx).numpy().astype("uint8"), "zx"),
+             numpy_helper.from_array(torch.tensor(zw).numpy().astype("uint8"), "zw")]
+    graph = helper.make_graph(
+        [helper.make_node(op, ["x", "w", "zx", "zw"], ["y"], **attrs)], "kernel",
+        [helper.make_tensor_value_info("x", TensorProto.UINT8, None)],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, None)], initializer=inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", E.OPSET)])
+    proto.ir_version = 8
+    got = E.onnx_session(proto.SerializeToString(), 1, spin=False).run(
+        None, {"x": x.numpy().astype("uint8")})[0]
+    if op == "ConvInteger":
+        want = I.integer_conv2d(x - zx, w - zw, padding=1)
+    else:
+        want = (x - zx) @ (w - zw)
+    assert abs(want).max() > 2**15  # sums far outside int16
+    assert torch.equal(torch.from_numpy(got).long(), want)
+
+
+def tapped_codes(path, x):
+    """Every integer layer's input codes as onnxruntime computed them (zero point removed)."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    props = {p.key: p.value for p in proto.metadata_props}
+    taps = json.loads(props["uniq.input_taps"])
+    zero_points = json.loads(props["uniq.input_tap_zero_points"])
+    names = list(dict.fromkeys(taps.values()))
+    proto.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names)
+    outs = dict(zip(names, E.onnx_session(proto.SerializeToString(), 1, spin=False).run(
+        names, {"input": x.numpy()}), strict=True))
+    fused = json.loads(props["uniq.fused_layers"])
+    return ({n: torch.from_numpy(outs[t]).long() - zero_points.get(n, 0)
+             for n, t in taps.items()}, fused)
+
+
+def assert_fused_codes_exact(model, path, x):
+    """Each fused layer's output codes equal the int64 reference of what its QLinearConv is
+    documented to compute: ``clip(round((sign * acc + round(B/|A|)) |A|), 0, N-1)`` with the
+    exact integer accumulator ``acc`` of its input codes; float32 scaling may move a code only
+    at a tie."""
+    codes, fused = tapped_codes(path, x)
+    layers, modules = I.integer_layers(model), dict(model.named_modules())
+    assert fused
+    for name, nxt in fused.items():
+        m, n = modules[name], modules[nxt]
+        bn = next(mod for key, mod in modules.items()  # the BatchNorm between the two
+                  if isinstance(mod, nn.BatchNorm2d) and key.rsplit(".", 1)[0] ==
+                  name.rsplit(".", 1)[0] and mod.num_features == m.out_channels
+                  and key.endswith("bn2"))
+        gain, offset = E._affine(m, bn, n)
+        acc = layers[name].integer_forward(codes[name]).double()
+        mag = gain.abs().reshape(1, -1, 1, 1)
+        bias = torch.round(offset / gain.abs()).reshape(1, -1, 1, 1)
+        want = torch.round((torch.sign(gain).reshape(1, -1, 1, 1) * acc + bias) * mag)
+        want = want.clamp(0, I.integer_grid(n.act_quantizer).code_range[1]).long()
+        assert (want != codes[nxt]).float().mean() <= 1e-3, name
+
+
+@needs_onnx
+@pytest.mark.parametrize("bits,method", [(2, "uniq"), (4, "uniq"), (3, "lsq")])
+def test_fused_integer_graph_requantizes_in_one_kernel(bits, method, tmp_path):
+    """Fused requantization: each block's first conv, BatchNorm, ReLU and the next quantizer
+    are one QLinearConv (+ Clip) that onnxruntime runs as an integer kernel; PyTorch fed the
+    same codes gives the same logits; the fused codes are the documented integer arithmetic;
+    the codes its rounded bias moves, against PyTorch's quantizer, are counted per layer."""
+    model = converted(trained_like(), bits, method)
+    path = E.export_onnx(model, tmp_path / "f.onnx", torch.randn(1, 3, 32, 32), integer=True,
+                         fused=True)
+    found = E.integer_layers(path)
+    assert found["missing"] == []
+    assert found["qdq_layers"] == (["conv1", "fc"] if method == "uniq" else [])  # 9-bit codes
+    x = torch.randn(4, 3, 32, 32)
+    r = E.check_parity(model, path, x)
+    assert r["allclose"] and r["top1_agree_forced"] == 1.0
+    _, fused = tapped_codes(path, x)
+    assert sorted(fused) == [f"blocks.{i}.conv1" for i in range(3)]
+    moved = r["codes_differing_by_layer"]
+    assert all(moved[n] <= 1e-4 for n in moved if n not in fused.values())  # not fused: ties
+    assert_fused_codes_exact(model, path, x)
+    with pytest.raises(ValueError, match="integer=True"):
+        E.build_onnx(model, x[:1], fused=True)
 
 
 @needs_onnx
@@ -553,6 +699,16 @@ def test_cli_exports_a_cifar_run_and_refuses_bad_run_dirs(tmp_path, capsys):
     assert report["form"] == "integer" and report["allclose"] and report["missing"] == []
     assert report["qdq_layers"] == ["conv1", "fc"]  # 8-bit odd codes (9 bits) stay QDQ
 
+    fused = tmp_path / "out" / "fused.onnx"
+    assert main(["export", str(run), "-o", str(fused), "--batch", "2", "--integer",
+                 "--fused"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["allclose"] and report["missing"] == []
+    assert set(report["codes_differing_by_layer"]) == set(report["integer_layers"]) | {"conv1",
+                                                                                       "fc"}
+    assert main(["export", str(run), "-o", str(tmp_path / "f.onnx"), "--fused"]) == 2
+    assert "integer" in capsys.readouterr().err
+
     missing = tmp_path / "nothing.onnx"
     assert main(["export", str(tmp_path / "no-such-run"), "-o", str(missing)]) == 2
     assert "not found" in capsys.readouterr().err
@@ -583,6 +739,7 @@ def test_latency_table_times_the_float32_and_integer_graphs_of_one_network(tmp_p
     assert (table.integer_speedup == table.float32_ms / table.integer_ms).all()
     assert (table[["float32_ms", "integer_ms"]] > 0).all().all()
     assert "logical CPUs" in L.cpu_name()
+    assert (table.instruction_sets == L.instruction_sets()).all()
 
 
 def _saved_run(tmp_path, task: str, **fields):

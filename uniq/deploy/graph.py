@@ -22,11 +22,14 @@ Full-precision layers stay float. ``QuantizeLinear`` divides and rounds half to 
 ``torch.round`` does, so for the same float input every code matches PyTorch's; the float
 convolutions between quantizers sum in a different order, which moves logits by float rounding.
 
-``integer=True`` writes the integer graph instead: each quantized layer's input codes (int8)
-and weight codes (uint8 ``code + 128``, zero point 128) go into ``ConvInteger`` /
-``MatMulInteger``, which accumulate exactly in int32, and one ``DequantizeLinear`` multiplies
-the accumulator by ``scale_x * scale_w`` per output channel. Layers with 9-bit odd codes
-(8-bit UniQ) stay QDQ, or with ``nine_bit="split"`` are split exactly into int8 kernels.
+``integer=True`` writes the integer graph instead: each quantized layer's input codes (uint8;
+signed codes with zero point 128) and weight codes (uint8 ``code + 128``, zero point 128) go
+into ``ConvInteger`` / ``MatMulInteger``, which accumulate exactly in int32 on every CPU
+(uint8 x uint8 kernels never saturate, see ``WEIGHT_ZERO_POINT``), and one
+``DequantizeLinear`` multiplies the accumulator by ``scale_x * scale_w`` per output channel.
+Layers with 9-bit odd codes (8-bit UniQ) stay QDQ, or with ``nine_bit="split"`` are split
+exactly into 8-bit kernels. ``fused=True`` also fuses a convolution, its BatchNorm, ReLU and
+the next quantizer into one ``QLinearConv`` (``_fused_layer``).
 
 Needs the ``export`` extra (``onnx``, ``onnxruntime``); they are imported only when used.
 """
@@ -56,7 +59,7 @@ from ..repro.data import FINEGRAIN_SIZE, load_dataset, normalize
 from ..repro.paths import resolve_path
 from ..repro.runs import Run
 from ..repro.tasks import DATA_SEED
-from .integer import IntegerGrid, from_codes, integer_grid, to_codes
+from .integer import IntegerGrid, from_codes, integer_grid, pair, to_codes
 
 OPSET = 13
 INSTALL_HINT = 'pip install "uniq[export]"'
@@ -134,15 +137,16 @@ def _quantized_weight(g: _Graph, layer: QConv2d | QLinear, base: str) -> str:
     return _dequantize(g, stored, grid, f"{base}_weight", None if grid.step.dim() == 0 else 0)
 
 
-def _input_codes(g: _Graph, x: str, quantizer: Quantizer, base: str, signed: bool = False
-                 ) -> tuple[str, IntegerGrid, str | None]:
-    """The codes of a layer's input: ``(codes, grid, levels)``.
+def _input_codes(g: _Graph, x: str, quantizer: Quantizer, base: str, integer: bool = False
+                 ) -> tuple[str, IntegerGrid, str | None, tuple[str, int]]:
+    """The codes of a layer's input: ``(codes, grid, levels, (zero point's name, value))``.
 
     Unsigned (Eq. 5) and LSQ inputs: ``codes`` is ``QuantizeLinear``'s output in the grid's
-    container, or in int8 where ``signed`` and the codes fit (after a Clip to the b-bit range
-    when it is narrower than the container). Signed UniQ inputs (Eq. 3): ``codes`` is the
-    float odd code ``q = 2k - (N-1)`` and ``levels`` the float level index ``k`` it came from
-    (``None`` otherwise)."""
+    container (after a Clip to the b-bit range when it is narrower than the container). With
+    ``integer`` the container is always uint8 (the operand type that no x86 kernel multiplies
+    with saturation, see ``WEIGHT_ZERO_POINT``), and signed LSQ codes carry the zero point 128.
+    Signed UniQ inputs (Eq. 3): ``codes`` is the float odd code ``q = 2k - (N-1)`` and
+    ``levels`` the float level index ``k`` it came from (``None`` otherwise)."""
     grid = integer_grid(quantizer, f"{base}.act_quantizer")
     if grid.step.numel() != 1:
         raise ValueError(f"{base}: only layer-wise (one step) input quantizers can be exported")
@@ -157,21 +161,21 @@ def _input_codes(g: _Graph, x: str, quantizer: Quantizer, base: str, signed: boo
         k = g.node("Round", [u], f"{b}_level")
         q = g.node("Sub", [g.node("Mul", [k, g.const(2.0, f"{b}_two")], f"{b}_twice"),
                            g.const(grid.levels, f"{b}_offset")], f"{b}_odd")
-        return q, grid, k
+        return q, grid, k, ("", 0)
     low, high = grid.code_range
-    container = _NP_TYPES[grid.container]
-    if signed and high <= np.iinfo(np.int8).max:
-        container = np.int8
+    container = np.uint8 if integer else _NP_TYPES[grid.container]
+    zero_point = 128 if integer and low < 0 else 0
     info = np.iinfo(container)
-    if (low, high) != (info.min, info.max):
+    if (low + zero_point, high + zero_point) != (info.min, info.max):
         # QuantizeLinear saturates only at the container's limits; clip to the b-bit range.
         # Rounding commutes with a clip at integer multiples of the step, so this is exact.
         bounds = torch.tensor([low, high], dtype=torch.float32) * step
         x = g.node("Clip", [x, g.const(bounds[0], f"{b}_min"), g.const(bounds[1], f"{b}_max")],
                    f"{b}_clipped")
-    zero = g.const(np.zeros((), container), f"{b}_zero_point", container)
+    zero = g.const(np.array(zero_point, container), f"{b}_zero_point", container)
     scale = g.const(step, f"{b}_scale")
-    return g.node("QuantizeLinear", [x, scale, zero], f"{b}_codes", doc=_describe(grid)), grid, None
+    codes = g.node("QuantizeLinear", [x, scale, zero], f"{b}_codes", doc=_describe(grid))
+    return codes, grid, None, (zero, zero_point)
 
 
 def _onnx_type(g: _Graph, dtype) -> int:
@@ -179,7 +183,7 @@ def _onnx_type(g: _Graph, dtype) -> int:
 
 
 def _quantized_input(g: _Graph, x: str, quantizer: Quantizer, base: str) -> str:
-    codes, grid, _ = _input_codes(g, x, quantizer, base)
+    codes, grid, _, _ = _input_codes(g, x, quantizer, base)
     if grid.kind == "symmetric":
         codes = g.node("Cast", [codes], f"{base}_input_codes",
                        to=_onnx_type(g, _NP_TYPES[grid.container]))
@@ -188,12 +192,16 @@ def _quantized_input(g: _Graph, x: str, quantizer: Quantizer, base: str) -> str:
 
 # --- integer layers (export with integer=True) -----------------------------------------------
 
-# Integer kernels are fed int8 inputs and uint8 weights (code + 128, zero point 128): with
-# int8 weights onnxruntime 1.32's ConvInteger took a slow path, 4-12x slower per convolution
-# on this project's 2-core Xeon (see the README), and with uint8 weights no x86 kernel
-# multiplies uint8 by int8 with VPMADDUBSW, whose saturating int16 pair sums are inexact on
-# CPUs without VNNI.
+# Integer kernels multiply uint8 by uint8: input codes as uint8 (signed codes with zero point
+# 128) and weight codes as uint8 ``code + 128`` with zero point 128. x86 kernels multiply
+# uint8 by int8 with VPMADDUBSW, whose pair sums saturate at int16 on CPUs without AVX-512
+# VNNI (AVX2: a pair of 255 * 127 products overflows), so an int8 operand would make the
+# accumulators depend on the CPU; uint8 x uint8 kernels widen to 16 bits before multiplying
+# and are exact on every instruction set (checked with every code at its extreme by the
+# tests, on the CPU that runs them). They are also the fast path of onnxruntime's
+# ConvInteger: with int8 weights it took a slow path, 3-12x slower per convolution.
 WEIGHT_ZERO_POINT = 128
+INPUT_ZERO_POINT = 128  # for signed input codes
 INTEGER_KERNELS = ("ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul",
                    "com.microsoft.MatMulIntegerToFloat", "com.microsoft.QLinearConv")
 
@@ -214,23 +222,29 @@ Operand = list[tuple[int, str, str]]  # sum of coefficient * (tensor - zero poin
 
 
 def _input_operand(g: _Graph, x: str, quantizer: Quantizer, base: str
-                   ) -> tuple[Operand, IntegerGrid, str]:
-    """The input codes as int8/uint8 tensors, and the tensor to tap (codes, any type).
+                   ) -> tuple[Operand, IntegerGrid, str, int]:
+    """The input codes as uint8 tensors with zero points, and the tensor to tap (codes, any
+    type) with its zero point.
 
-    Odd codes that fit int8 (up to 7 bits) are one int8 tensor. The 9-bit odd codes of an
-    8-bit symmetric input are split exactly: ``q = 2m + v`` with ``m = k - 128`` in int8 and
-    ``v = 1`` on every real position; ``v`` is a uint8 tensor of ones shaped like one sample,
-    whose zero padding matches the zero padding of ``q``."""
-    codes, grid, levels = _input_codes(g, x, quantizer, base, signed=True)
+    Unsigned codes are uint8 as they are; signed LSQ codes are ``code + 128`` (zero point 128).
+    Odd codes up to 7 bits are one uint8 tensor ``q + 128`` (zero point 128). The 9-bit odd
+    codes of an 8-bit symmetric input are split exactly: ``q = 2m + v`` with ``m = k - 128``
+    (the level index ``k`` in uint8, zero point 128) and ``v = 1`` on every real position;
+    ``v`` is a uint8 tensor of ones shaped like one sample, whose zero padding matches the
+    zero padding of ``q``."""
+    codes, grid, levels, (zero, zero_point) = _input_codes(g, x, quantizer, base, integer=True)
     b = f"{base}_input"
+    u8 = _onnx_type(g, np.uint8)
     if grid.kind != "symmetric":
-        return [(1, codes, "")], grid, codes
+        return [(1, codes, zero if zero_point else "")], grid, codes, zero_point
+    shifted_zero = g.const(np.array(INPUT_ZERO_POINT, np.uint8), f"{b}_code_zero_point",
+                           np.uint8)
     if grid.container == torch.int8:
-        return [(1, g.node("Cast", [codes], f"{b}_codes", to=_onnx_type(g, np.int8)), "")], \
-            grid, codes
-    half = 2 ** (grid.bits - 1)
-    m = g.node("Cast", [g.node("Sub", [levels, g.const(float(half), f"{b}_half")],
-                               f"{b}_centred")], f"{b}_codes_half", to=_onnx_type(g, np.int8))
+        shifted = g.node("Add", [codes, g.const(float(INPUT_ZERO_POINT), f"{b}_shift")],
+                         f"{b}_shifted_codes")
+        return [(1, g.node("Cast", [shifted], f"{b}_codes", to=u8), shifted_zero)], \
+            grid, codes, 0
+    m = g.node("Cast", [levels], f"{b}_level_codes", to=u8)  # k; k - 128 with the zero point
     shape = g.node("Shape", [x], f"{b}_shape")
     rest = g.node("Slice", [shape, g.const([1], f"{b}_from", np.int64),
                             g.const([np.iinfo(np.int64).max], f"{b}_to", np.int64)], f"{b}_dims")
@@ -238,7 +252,7 @@ def _input_operand(g: _Graph, x: str, quantizer: Quantizer, base: str
                  f"{b}_sample_shape", axis=0)
     ones = g.onnx.helper.make_tensor("value", g.onnx.TensorProto.UINT8, [1], [1])
     valid = g.node("ConstantOfShape", [one], f"{b}_valid", value=ones)
-    return [(2, m, ""), (1, valid, "")], grid, codes
+    return [(2, m, shifted_zero), (1, valid, "")], grid, codes, 0
 
 
 def _weight_operand(g: _Graph, codes: torch.Tensor, grid: IntegerGrid, base: str,
@@ -280,13 +294,16 @@ def _integer_product(g: _Graph, xs: Operand, ws: Operand, base: str, conv: dict 
     return acc, kernels
 
 
-def _integer_layer(g: _Graph, m: QConv2d | QLinear, x: str, base: str, conv: dict | None
-                   ) -> tuple[str, tuple[str, float], list[str], str]:
+def _integer_layer(g: _Graph, m: QConv2d | QLinear, x: str, base: str, conv: dict | None,
+                   codes: str | None = None) -> tuple[str, tuple[str, float, int], list[str], str]:
     """A quantized layer computed in integers: ``y = (sx sw) * (x_codes (*) w_codes) + bias``,
     the int32 accumulator cast to float and multiplied by one scale per output channel
     (``sx sw``, rounded once to float32). Returns the output, the tapped input codes with
     their scale, the integer kernel nodes and the int32 accumulator."""
-    xs, x_grid, tap = _input_operand(g, x, m.act_quantizer, base)
+    if codes is None:
+        xs, x_grid, tap, tap_zero = _input_operand(g, x, m.act_quantizer, base)
+    else:  # uint8 codes from the previous layer's fused requantization
+        xs, x_grid, tap, tap_zero = [(1, codes, "")], integer_grid(m.act_quantizer), codes, 0
     w_grid = integer_grid(m.weight_quantizer, f"{base}.weight_quantizer")
     ws = _weight_operand(g, to_codes(m.weight, w_grid), w_grid, base, conv is None,
                          (conv or {}).get("group", 1))
@@ -305,7 +322,91 @@ def _integer_layer(g: _Graph, m: QConv2d | QLinear, x: str, base: str, conv: dic
     if m.bias is not None:
         bias = m.bias.detach().reshape(1, -1, 1, 1) if conv is not None else m.bias
         y = g.node("Add", [y, g.const(bias, f"{base}_bias")], base)
-    return y, (tap, float(x_grid.scale.reshape(()))), kernels, acc
+    return y, (tap, float(x_grid.scale.reshape(())), tap_zero), kernels, acc
+
+
+# --- fused requantization (export with integer=True, fused=True) -----------------------------
+
+# Two 8-bit operands multiplied by VPMADDUBSW (uint8 x int8 on AVX2) sum in int16 pairs; a
+# QLinearConv is exact on every CPU only where two products at their extremes fit.
+INT16_PAIR_LIMIT = 2**15 - 1
+
+
+def _fusable(m: QConv2d, bn: nn.Module, nxt: nn.Module) -> str:
+    """Why ``m -> bn -> ReLU -> nxt`` cannot become one QLinearConv writing ``nxt``'s input
+    codes ("" if it can)."""
+    if not isinstance(bn, nn.BatchNorm2d) or bn.running_mean is None:
+        return "no BatchNorm with running statistics between the layers"
+    if not isinstance(nxt, QConv2d) or nxt.weight_quantizer is None or nxt.act_quantizer is None:
+        return "the next layer is not quantized"
+    if _nine_bit(m):
+        return "9-bit codes"
+    x_grid, w_grid = integer_grid(m.act_quantizer), integer_grid(m.weight_quantizer)
+    n_grid = integer_grid(nxt.act_quantizer)
+    if n_grid.kind != "unsigned" or n_grid.step.numel() != 1:
+        return "the next layer's input is not unsigned with one step"
+    low, high = x_grid.code_range
+    raw_x = high + (INPUT_ZERO_POINT if low < 0 else 0)
+    w_low, w_high = w_grid.code_range
+    if 2 * raw_x * max(-w_low, w_high) > INT16_PAIR_LIMIT:
+        return "codes too wide for an exact uint8 x int8 kernel on AVX2"
+    if w_grid.kind == "twos-complement" and bool((_affine(m, bn, nxt)[0] <= 0).any()):
+        return "a channel with a non-positive scale and two's-complement weights"
+    return ""
+
+
+def _affine(m: QConv2d, bn: nn.BatchNorm2d, nxt: QConv2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(A, B)`` per output channel of ``m`` (float64): ``nxt``'s input code is
+    ``round(clip(A * acc + B, 0, N-1))`` for ``m``'s integer accumulator ``acc``: dequantize
+    (``s_x s_w``), bias, BatchNorm (``G = gamma / sqrt(var + eps)``, ``H = beta - mean G``),
+    ReLU and the next quantizer (Eq. 5, step ``D``) in one affine map and one clip."""
+    x_grid, w_grid = integer_grid(m.act_quantizer), integer_grid(m.weight_quantizer)
+    scale = x_grid.scale.double().reshape(()) * w_grid.scale.double().flatten()
+    scale = scale.expand(m.out_channels)
+    gamma = bn.weight.detach().double() if bn.affine else torch.ones(m.out_channels).double()
+    beta = bn.bias.detach().double() if bn.affine else torch.zeros(m.out_channels).double()
+    gain = gamma / torch.sqrt(bn.running_var.double() + bn.eps)
+    shift = beta - bn.running_mean.double() * gain
+    bias = m.bias.detach().double() if m.bias is not None else torch.zeros_like(shift)
+    step = integer_grid(nxt.act_quantizer).step.double().reshape(())
+    return scale * gain / step, (bias * gain + shift) / step
+
+
+def _fused_layer(g: _Graph, m: QConv2d, bn: nn.BatchNorm2d, nxt: QConv2d, x: str, base: str,
+                 conv: dict, codes: str | None) -> tuple[str, tuple[str, float, int], str]:
+    """``m``, its BatchNorm, the ReLU and ``nxt``'s input quantizer as one ``QLinearConv``
+    (uint8 codes x int8 weight codes, int32 accumulator) and a ``Clip`` to ``0..N-1``: the
+    kernel computes ``round((acc + b) |A|)`` per channel with ``b = round(B / |A|)`` (int32), so
+    the bias is rounded to the accumulator's grid, the one place where it can round a code
+    differently from the fake-quantized model. A channel with ``A < 0`` stores its weights
+    negated. Returns ``nxt``'s input codes (uint8), the tap of ``m``'s input and the kernel."""
+    if codes is None:
+        xs, x_grid, tap, tap_zero = _input_operand(g, x, m.act_quantizer, base)
+    else:
+        xs, x_grid, tap, tap_zero = [(1, codes, "")], integer_grid(m.act_quantizer), codes, 0
+    ((_, x_codes, x_zero),) = xs
+    w_grid = integer_grid(m.weight_quantizer, f"{base}.weight_quantizer")
+    gain, offset = _affine(m, bn, nxt)
+    sign = torch.where(gain < 0, -1, 1)
+    weights = to_codes(m.weight, w_grid) * sign.reshape(-1, 1, 1, 1)
+    magnitude = gain.abs().clamp_min(1e-30)
+    bias = torch.round(offset / magnitude).clamp(-(2**30), 2**30)
+    b = f"{base}_fused"
+    one = g.const(1.0, f"{b}_unit_scale")
+    zero_u8 = g.const(np.array(0, np.uint8), f"{b}_zero_point", np.uint8)
+    out = g.node("QLinearConv", [
+        x_codes, one, x_zero or zero_u8, g.const(weights, f"{base}_weight_codes", np.int8),
+        g.const(magnitude, f"{b}_scale"),
+        g.const(np.zeros(m.out_channels, np.int8), f"{b}_weight_zero_point", np.int8),
+        one, zero_u8, g.const(bias, f"{b}_bias", np.int32)], f"{b}_conv",
+        doc="integer conv, BatchNorm, ReLU and the next quantizer: round((acc + b) |A|)",
+        **conv)
+    kernel = out
+    levels = integer_grid(nxt.act_quantizer).code_range[1]
+    if levels < 255:
+        out = g.node("Clip", [out, zero_u8, g.const(np.array(levels, np.uint8), f"{b}_levels",
+                                                     np.uint8)], f"{b}_codes")
+    return out, (tap, float(x_grid.scale.reshape(())), tap_zero), kernel
 
 
 class _Tracer(fx.Tracer):
@@ -322,9 +423,12 @@ SUPPORTED = ("Conv2d and Linear (quantized or not), BatchNorm, ReLU/ReLU6/Hardta
 
 class _Converter:
     def __init__(self, model: nn.Module, example: torch.Tensor, integer: bool = False,
-                 nine_bit: str = "float") -> None:
+                 nine_bit: str = "float", fused: bool = False) -> None:
         self.model = model
-        self.integer, self.nine_bit = integer, nine_bit
+        self.integer, self.nine_bit, self.fused = integer, nine_bit, fused
+        self.skip: set[fx.Node] = set()  # BatchNorm and ReLU nodes inside a fused layer
+        self.fused_codes: dict[str, str] = {}  # layer -> its input codes from a fused layer
+        self.fused_layers: dict[str, str] = {}  # fused layer -> the layer whose input it writes
         self.modules = dict(model.named_modules())
         self.g = _Graph()
         try:
@@ -344,6 +448,7 @@ class _Converter:
         # an integer graph, its input codes, whose values are codes * tap_scales[layer]
         self.taps: dict[str, str] = {}
         self.tap_scales: dict[str, float] = {}
+        self.tap_zero_points: dict[str, int] = {}  # taps holding code + zero point
         self.integer_kernels: dict[str, list[str]] = {}  # layer name -> its integer nodes
         self.accumulators: dict[str, str] = {}  # layer name -> its int32 accumulator
         self.qdq_layers: list[str] = []  # quantized layers an integer graph keeps in QDQ form
@@ -378,6 +483,8 @@ class _Converter:
                 out = self.g.node("Identity", [self.names[result]], OUTPUT_NAME)
                 outputs.append(helper.make_tensor_value_info(
                     out, self.g.onnx.TensorProto.FLOAT, ["batch", *shape[1:]]))
+            elif node in self.skip:
+                self.names[node] = ""  # computed inside a fused layer, never read
             elif node.op == "call_module":
                 self.names[node] = self.call_module(node, self.modules[node.target])
             elif node.op in ("call_function", "call_method"):
@@ -418,19 +525,19 @@ class _Converter:
             return self.flatten(node, x, m.start_dim, m.end_dim, base)
         if isinstance(m, nn.MaxPool2d) and not m.return_indices:
             return g.node("MaxPool", [x], base, **self.pool_attrs(m, name),
-                          dilations=list(_pair(m.dilation)))
+                          dilations=list(pair(m.dilation)))
         if isinstance(m, nn.AvgPool2d) and m.divisor_override is None:
             return g.node("AveragePool", [x], base, **self.pool_attrs(m, name),
                           count_include_pad=int(m.count_include_pad))
-        if isinstance(m, nn.AdaptiveAvgPool2d) and _pair(m.output_size) == (1, 1):
+        if isinstance(m, nn.AdaptiveAvgPool2d) and pair(m.output_size) == (1, 1):
             return g.node("GlobalAveragePool", [x], base)
         raise ValueError(f"cannot export layer {name!r} ({type(m).__name__}): unsupported; "
                          f"the exporter handles {SUPPORTED}")
 
     def pool_attrs(self, m: nn.Module, name: str) -> dict:
-        k = _pair(m.kernel_size)
-        s = _pair(m.stride if m.stride else m.kernel_size)
-        p = _pair(m.padding)
+        k = pair(m.kernel_size)
+        s = pair(m.stride if m.stride else m.kernel_size)
+        p = pair(m.padding)
         return dict(kernel_shape=list(k), strides=list(s), pads=[p[0], p[1], p[0], p[1]],
                     ceil_mode=int(m.ceil_mode))
 
@@ -449,9 +556,22 @@ class _Converter:
                         pads=[ph, pw, ph, pw], dilations=list(m.dilation), group=m.groups)
         if self.integer and wq is not None and aq is not None and (
                 self.nine_bit == "split" or not _nine_bit(m)):
-            y, (tap, scale), kernels, acc = _integer_layer(g, m, x, base, conv)
+            codes = self.fused_codes.pop(name, None)
+            chain = self.fusable_chain(node, m) if self.fused and conv is not None else None
+            if chain is not None:
+                bn, skipped, nxt = chain
+                y, (tap, scale, zero), kernel = _fused_layer(
+                    g, m, self.modules[bn.target], self.modules[nxt.target], x, base, conv,
+                    codes)
+                self.skip.update(skipped)
+                self.fused_codes[nxt.target], self.fused_layers[name] = y, nxt.target
+                self.integer_kernels[name] = [kernel]
+            else:
+                y, (tap, scale, zero), kernels, acc = _integer_layer(g, m, x, base, conv, codes)
+                self.integer_kernels[name], self.accumulators[name] = kernels, acc
             self.taps[name], self.tap_scales[name] = tap, scale
-            self.integer_kernels[name], self.accumulators[name] = kernels, acc
+            if zero:
+                self.tap_zero_points[name] = zero
             return y
         if aq is not None:
             x = _quantized_input(g, x, aq, base)
@@ -479,6 +599,28 @@ class _Converter:
         wt = g.node("Transpose", [w], f"{base}_weight_t", perm=[1, 0])
         y = g.node("MatMul", [x, wt], f"{base}_matmul")
         return y if m.bias is None else g.node("Add", [y, inputs[2]], base)
+
+    def fusable_chain(self, node: fx.Node, m: QConv2d
+                      ) -> tuple[fx.Node, list[fx.Node], fx.Node] | None:
+        """``(BatchNorm node, [BatchNorm, ReLU], next layer node)`` when the layer's output
+        goes only through a BatchNorm and a ReLU into the next quantized layer (``_fusable``);
+        ``None`` otherwise."""
+        chain = [node]
+        for _ in range(3):
+            users = list(chain[-1].users)
+            if len(users) != 1:
+                return None
+            chain.append(users[0])
+        bn, relu, nxt = chain[1:]
+        relu_ok = (relu.op == "call_module" and isinstance(self.modules[relu.target], nn.ReLU)
+                   or relu.op == "call_function" and relu.target in (torch.relu, F.relu)
+                   or relu.op == "call_method" and relu.target == "relu")
+        if not (relu_ok and bn.op == "call_module" and nxt.op == "call_module"
+                and relu.args[0] is bn and nxt.args[0] is relu):
+            return None
+        if _fusable(m, self.modules[bn.target], self.modules[nxt.target]):
+            return None
+        return bn, [bn, relu], nxt
 
     def flatten(self, node: fx.Node, x: str, start: int, end: int, base: str) -> str:
         rank = self.rank(node.args[0])
@@ -519,7 +661,7 @@ class _Converter:
         if t in (torch.flatten, "flatten"):
             return self.flatten(node, self.names[args[0]], arg(1, "start_dim", 0),
                                 arg(2, "end_dim", -1), base)
-        if t is F.adaptive_avg_pool2d and _pair(arg(1, "output_size")) == (1, 1):
+        if t is F.adaptive_avg_pool2d and pair(arg(1, "output_size")) == (1, 1):
             return g.node("GlobalAveragePool", [self.names[args[0]]], base)
         if t == "mean" and sorted(d % 4 for d in _tuple(arg(1, "dim"))) == [2, 3]:
             keep = int(bool(arg(2, "keepdim", False)))
@@ -549,10 +691,6 @@ class _Converter:
                          f"the exporter handles {SUPPORTED}")
 
 
-def _pair(v: Any) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
-
-
 def _tuple(v: Any) -> tuple:
     return tuple(v) if isinstance(v, (tuple, list)) else (v,)
 
@@ -577,7 +715,7 @@ def check_exportable(model: nn.Module) -> None:
 
 
 def build_onnx(model: nn.Module, example_input: torch.Tensor, opset: int = OPSET,
-               integer: bool = False, nine_bit: str = "float"):
+               integer: bool = False, nine_bit: str = "float", fused: bool = False):
     """The ONNX model (an ``onnx.ModelProto``) of a converted, calibrated model; checked by
     ``onnx.checker``. ``example_input`` fixes the channels and is used to trace shapes; the
     batch and spatial sizes stay dynamic. ``integer=False``: the QDQ form (float arithmetic on
@@ -587,7 +725,13 @@ def build_onnx(model: nn.Module, example_input: torch.Tensor, opset: int = OPSET
     and last layers) becomes: "float" keeps it in the QDQ form (a float kernel on exactly
     dequantized codes), "split" computes it in int8 kernels too (``_input_operand``,
     ``_weight_operand``: exact, but four integer kernels and extra int32 passes for the
-    first layer)."""
+    first layer). ``fused`` (integer graphs): a quantized convolution whose output goes
+    through a BatchNorm and a ReLU into the next quantized layer becomes one QLinearConv that
+    writes the next layer's input codes (``_fused_layer``: faster, the bias rounded to the
+    accumulator's grid); without it every layer's int32 accumulator is exact and the float
+    operations between layers are the fake-quantized model's."""
+    if fused and not integer:
+        raise ValueError("fused=True needs integer=True (it fuses integer layers)")
     if nine_bit not in NINE_BIT:
         raise ValueError(f"nine_bit must be one of {NINE_BIT}, got {nine_bit!r}")
     onnx = require("onnx")
@@ -599,7 +743,7 @@ def build_onnx(model: nn.Module, example_input: torch.Tensor, opset: int = OPSET
     try:
         device = next(model.parameters()).device  # the trace runs where the model lives
         converter = _Converter(model, example_input.detach()[:1].to(device), integer,
-                               nine_bit)
+                               nine_bit, fused)
         nodes, inits, inputs, outputs = converter.convert()
     finally:
         model.train(was_training)
@@ -614,20 +758,23 @@ def build_onnx(model: nn.Module, example_input: torch.Tensor, opset: int = OPSET
         "uniq.form": form, "uniq.quantizers": json.dumps(grids),
         "uniq.input_taps": json.dumps(converter.taps),
         "uniq.input_tap_scales": json.dumps(converter.tap_scales),
+        "uniq.input_tap_zero_points": json.dumps(converter.tap_zero_points),
         "uniq.integer_kernels": json.dumps(converter.integer_kernels),
         "uniq.accumulators": json.dumps(converter.accumulators),
-        "uniq.qdq_layers": json.dumps(converter.qdq_layers)})
+        "uniq.qdq_layers": json.dumps(converter.qdq_layers),
+        "uniq.fused_layers": json.dumps(converter.fused_layers)})
     onnx.checker.check_model(proto, full_check=True)
     return proto
 
 
 def export_onnx(model: nn.Module, path: str | Path, example_input: torch.Tensor,
-                opset: int = OPSET, integer: bool = False, nine_bit: str = "float") -> Path:
+                opset: int = OPSET, integer: bool = False, nine_bit: str = "float",
+                fused: bool = False) -> Path:
     """Write the ONNX file of a converted, calibrated model (QDQ, or ``integer=True``: integer
     kernels, see ``build_onnx``). The file appears only when the whole export succeeded
     (written to a temporary file in the same folder, then renamed)."""
     onnx = require("onnx")
-    proto = build_onnx(model, example_input, opset, integer, nine_bit)
+    proto = build_onnx(model, example_input, opset, integer, nine_bit, fused)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -681,7 +828,9 @@ def check_parity(model: nn.Module, path: str | Path, x: torch.Tensor, rtol: floa
     its logits must then match to float tolerance (``allclose``: ``rtol`` and ``atol`` times
     the largest |logit|) with the same argmax (``top1_agree_forced``). ``codes_differing``
     counts the codes where PyTorch's own quantizer, in the forced run, disagreed with
-    onnxruntime's: the ties, each one layer's float rounding on its own.
+    onnxruntime's: the ties, each one layer's float rounding on its own
+    (``codes_differing_by_layer``: the fraction per layer; in a fused integer graph also the
+    codes its rounded bias moved).
     """
     onnx = require("onnx")
     proto = onnx.load(str(path))
@@ -692,14 +841,20 @@ def check_parity(model: nn.Module, path: str | Path, x: torch.Tensor, rtol: floa
     feed = {INPUT_NAME: x.detach().cpu().float().numpy()}
     free = onnx_session(path, threads=1, spin=False).run(None, feed)[0]
     scales: dict[str, float] = json.loads(props.get("uniq.input_tap_scales", "{}"))
+    zero_points: dict[str, int] = json.loads(props.get("uniq.input_tap_zero_points", "{}"))
     for layer, name in list(taps.items()):
         if layer in scales:  # integer graph: tap the codes, dequantize them here
             value = f"uniq_tap_{len(proto.graph.node)}"
-            proto.graph.initializer.append(onnx.numpy_helper.from_array(
-                np.array(scales[layer], np.float32), f"{value}_scale"))
+            proto.graph.initializer.extend([
+                onnx.numpy_helper.from_array(np.array(scales[layer], np.float32),
+                                             f"{value}_scale"),
+                onnx.numpy_helper.from_array(np.array(zero_points.get(layer, 0), np.float32),
+                                             f"{value}_zero")])
             proto.graph.node.extend([
-                onnx.helper.make_node("Cast", [name], [f"{value}_codes"],
+                onnx.helper.make_node("Cast", [name], [f"{value}_stored"],
                                       to=onnx.TensorProto.FLOAT),
+                onnx.helper.make_node("Sub", [f"{value}_stored", f"{value}_zero"],
+                                      [f"{value}_codes"]),
                 onnx.helper.make_node("Mul", [f"{value}_codes", f"{value}_scale"], [value])])
             taps[layer] = name = value
         proto.graph.output.append(onnx.helper.make_tensor_value_info(
@@ -742,6 +897,8 @@ def check_parity(model: nn.Module, path: str | Path, x: torch.Tensor, rtol: floa
         "top1_agree_forced": float((outs[0].argmax(1) == forced.argmax(1)).mean()),
         "codes_differing": int(sum(differing.values())),
         "codes_total": int(sum(v.size for v in tapped_codes.values())),
+        "codes_differing_by_layer": {
+            n: differing[n] / max(tapped_codes[n].size, 1) for n in taps if n in differing},
         "onnxruntime_logits": free,
         "torch_logits": reference,
     }
@@ -863,6 +1020,8 @@ def integer_layers(path: str | Path) -> dict[str, Any]:
     optimized = _optimized(path)
     integer_nodes = {n.name for n in optimized.graph.node
                      if (f"{n.domain}.{n.op_type}" if n.domain else n.op_type) in INTEGER_KERNELS}
+    # onnxruntime renames a node it rewrites (``name_token_7``: its NHWC QLinearConv)
+    integer_nodes |= {n.split("_token_")[0] for n in integer_nodes}
     ran = [layer for layer, names in kernels.items() if integer_nodes & set(names)]
     return {"integer_layers": ran, "missing": sorted(set(kernels) - set(ran)),
             "qdq_layers": json.loads(props["uniq.qdq_layers"])}
@@ -897,7 +1056,8 @@ def cmd_export(a: argparse.Namespace) -> int:
         size = a.image_size or run_input_size(a.run_dir)
         g = torch.Generator().manual_seed(a.seed)
         x = torch.randn(a.batch, 3, size, size, generator=g)
-        path = export_onnx(model, a.output, x, integer=a.integer, nine_bit=a.nine_bit)
+        path = export_onnx(model, a.output, x, integer=a.integer, nine_bit=a.nine_bit,
+                           fused=getattr(a, "fused", False))
     except ImportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -934,6 +1094,10 @@ def add_export_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="with --integer: layers whose odd codes need 9 bits (8-bit UniQ first "
                         "and last layers) stay QDQ (float, the default: faster) or are split "
                         "into int8 kernels (split: every quantized layer in integers)")
+    p.add_argument("--fused", action="store_true",
+                   help="with --integer: fuse a convolution, its BatchNorm, ReLU and the next "
+                        "quantizer into one QLinearConv (faster; the bias is rounded to the "
+                        "accumulator's grid, the report counts the codes that moved)")
     p.set_defaults(func=cmd_export)
     return p
 

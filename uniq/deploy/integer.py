@@ -187,14 +187,15 @@ def integer_layers(model: nn.Module) -> dict[str, IntegerLayer]:
 # --- integer convolution and bit planes -----------------------------------------------------
 
 
-def _pair(v: int | tuple[int, ...]) -> tuple[int, int]:
+def pair(v: int | tuple[int, ...]) -> tuple[int, int]:
+    """A 2-d size (kernel, stride, padding, dilation) from an int or a tuple."""
     return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
 def _patches(x: torch.Tensor, kernel: tuple[int, int], stride, padding, dilation,
              groups: int) -> torch.Tensor:
     """im2col for any dtype: ``(B, C, H, W)`` -> ``(B, groups, C/groups * kh * kw, L)``."""
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, _pair(stride), _pair(padding), _pair(dilation)
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, pair(stride), pair(padding), pair(dilation)
     x = F.pad(x, (pw, pw, ph, ph))
     p = x.unfold(2, dh * (kh - 1) + 1, sh).unfold(3, dw * (kw - 1) + 1, sw)
     p = p[..., ::dh, ::dw]  # (B, C, Ho, Wo, kh, kw)
@@ -217,7 +218,7 @@ def integer_conv2d(x: torch.Tensor, w: torch.Tensor, stride=1, padding=0, dilati
 
 def _out_size(hw, kernel, stride, padding, dilation) -> tuple[int, int]:
     return tuple((n + 2 * p - d * (k - 1) - 1) // s + 1 for n, k, s, p, d in
-                 zip(hw, kernel, _pair(stride), _pair(padding), _pair(dilation), strict=True))
+                 zip(hw, kernel, pair(stride), pair(padding), pair(dilation), strict=True))
 
 
 def bit_planes(codes: torch.Tensor, grid: IntegerGrid) -> tuple[torch.Tensor, torch.Tensor]:
