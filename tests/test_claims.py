@@ -420,3 +420,20 @@ def test_a_claim_whose_precondition_fails_is_inconclusive(tmp_path):
         ("t4/uniq/2b", "weight_*:A"): ("weights did not move", "moved 1%")})
     assert list(table.verdict) == ["inconclusive (weights did not move)", "holds"]
     assert table.note[0].startswith("moved 1%") and np.isnan(table.p[0])
+
+
+def test_the_claims_chart_shows_the_holm_verdict_with_the_unadjusted_beside_it():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from uniq.repro.figures import VERDICT_COLOURS
+
+    row = {"id": "X", "metric": "top1_final", "direction": "greater", "margin": np.nan,
+           "effect": 1.0, "ci_low": 0.2, "ci_high": 1.8, "paper_effect": 0.5, "b": "k",
+           "verdict": "holds", "verdict_holm": "inconclusive (Holm)"}
+    fig = plot_claims(pd.DataFrame([row, {**row, "id": "Y", "verdict_holm": "holds"}]))
+    labels = {t.get_text(): t.get_color() for t in fig.axes[0].texts}
+    assert labels["inconclusive (Holm) (alone: holds)"] == VERDICT_COLOURS["inconclusive"]
+    assert labels["holds"] == VERDICT_COLOURS["holds"]
+    plt.close(fig)

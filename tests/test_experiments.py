@@ -131,9 +131,13 @@ def test_imagenet_runs_of_different_epochs_are_not_pooled_nor_comparable(tmp_pat
     ctx = X.context(profile="paper", results_dir=str(tmp_path / "res"),
                     runs_dir=str(tmp_path / "runs"))
     runs = tmp_path / "runs"
-    _fake_imagenet_run(runs, 70.0, bits=4, epochs=90)
-    _fake_imagenet_run(runs, 20.0, bits=4, epochs=1)
-    _fake_imagenet_run(runs, 69.0, bits=4, method="lsq", epochs=90)
+    data = tmp_path / "imagenet"  # the paper's 1000 classes (the rule counts them)
+    for c in range(1000):
+        (data / "train" / f"n{c:08d}").mkdir(parents=True)
+    _fake_imagenet_run(runs, 70.0, bits=4, epochs=90, data_dir=str(data))
+    _fake_imagenet_run(runs, 20.0, bits=4, epochs=1, data_dir=str(data))
+    _fake_imagenet_run(runs, 69.0, bits=4, method="lsq", init="lsq", epochs=90,
+                       data_dir=str(data))
     claims = X.claims_table(ctx).set_index("id")
     row = claims.loc["T2-r18-uniq>lsq-4b"]
     assert row.verdict == "not comparable" and not row.comparable_to_paper

@@ -17,6 +17,7 @@ from uniq.deploy import graph as E
 from uniq.functional import lsq_range
 from uniq.models import IMAGENET_MODELS, imagenet_model, preact_resnet
 from uniq.modules import QConv2d, QLinear, Quantizer
+from uniq.repro.export import load_run_model
 from uniq.repro.tasks import make_model
 
 needs_onnx = pytest.mark.skipif(
@@ -563,7 +564,7 @@ def test_integer_graph_of_lsq_and_of_signed_inputs(tmp_path):
                          nine_bit="split")
     assert_integer_graph(lsq, path, torch.randn(2, 3, 32, 32))
     run = imagenet_run_dir(tmp_path, "mobilenetv2_w1", 2)  # odd-code (signed) inputs, groups
-    mobilenet = E.load_run_model(run)
+    mobilenet = load_run_model(run)
     path = E.export_onnx(mobilenet, tmp_path / "m.onnx", torch.randn(1, 3, 32, 32), integer=True,
                          nine_bit="split")
     assert_integer_graph(mobilenet, path, torch.randn(2, 3, 32, 32))
@@ -612,7 +613,7 @@ def write_run(cfg, model):
 @pytest.mark.parametrize("arch", ["mobilenetv2_w1"])
 def test_imagenet_run_loads_exports_and_onnxruntime_agrees(arch, tmp_path):
     run = imagenet_run_dir(tmp_path, arch, 2)
-    model = E.load_run_model(run)
+    model = load_run_model(run)
     assert uniq.conversion_report(model).signed_input.any()  # odd-code inputs are exercised
     path = E.export_onnx(model, tmp_path / "m.onnx", torch.randn(1, 3, 32, 32))
     assert_parity(model, path, torch.randn(2, 3, 32, 32))
@@ -759,16 +760,16 @@ def _saved_run(tmp_path, task: str, **fields):
     ("imagenet", {"image_size": 224, "pretrained": "none"}, 224),
     ("imagenet", {"image_size": 64, "pretrained": "none"}, 64)])
 def test_a_run_is_exported_at_the_image_size_it_was_trained_at(tmp_path, task, fields, size):
-    from uniq.deploy.graph import run_input_size
+    from uniq.repro.export import run_input_size
 
     assert run_input_size(_saved_run(tmp_path, task, **fields)) == size
 
 
 @pytest.mark.parametrize("dataset", ["synthetic", "finegrain"])
 def test_the_export_size_of_generated_data_is_the_datas_own(tmp_path, dataset):
-    from uniq.deploy.graph import run_input_size
     from uniq.repro.config import CifarConfig
     from uniq.repro.data import finegrain, synthetic_cifar
+    from uniq.repro.export import run_input_size
 
     cfg = CifarConfig(dataset=dataset, runs_dir=str(tmp_path))
     cfg.run_dir().mkdir(parents=True)

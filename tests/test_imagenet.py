@@ -121,7 +121,11 @@ def test_one_bit_starts_from_the_two_bit_run_and_is_binary(folder, tmp_path):
 def test_imagenet_tables_pick_up_finished_runs(tmp_path):
     from uniq.repro.config import ImageNetConfig
 
-    cfg = ImageNetConfig(bits=2, runs_dir=str(tmp_path))
+    data = tmp_path / "imagenet"  # the paper's 1000 classes (the comparable rule counts them)
+    for c in range(1000):
+        (data / "train" / f"n{c:08d}").mkdir(parents=True)
+    (data / "val").mkdir()
+    cfg = ImageNetConfig(bits=2, runs_dir=str(tmp_path), data_dir=str(data))
     d = cfg.run_dir()
     d.mkdir(parents=True)
     (d / "config.json").write_text(json.dumps({"task": "imagenet", "config": cfg.to_dict()}))

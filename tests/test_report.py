@@ -199,30 +199,25 @@ def test_figures_draw_without_warnings_and_titles_say_what_ran(recwarn):
 
 # ------------------------------------------------------------ the reproducibility summary
 
-FIDELITY_PAGE = """# fidelity
-
-## Quantizer
-
-| choice | paper | authors' code | uniq default | alternative (flag) |
-|---|---|---|---|---|
-| weight quantizer | Eq. 3 | the same | the same, `symmetric_quantize` | — |
-| step-gradient scale | not mentioned | `1/sqrt(n Qp)` | on | `--no-grad-scale` |
-| LSQ init | `2 E\\|W\\| / sqrt(Qp)` | not public | `2 E\\|W\\| / sqrt(Qp)` | — |
-
-## Seeds
-
-| choice | paper | authors' code | uniq default | alternative (flag) |
-|---|---|---|---|---|
-| seeds | not stated; single numbers | none | seed 0 | `--seed` |
-"""
+FIDELITY_TABLE = pd.DataFrame([
+    ("Quantizer", "weight quantizer", "Eq. 3", "the same", "the same, `symmetric_quantize`", "—",
+     "follows paper"),
+    ("Quantizer", "step-gradient scale", "not mentioned", "`1/sqrt(n Qp)`", "on",
+     "`--no-grad-scale`", "follows authors' code"),
+    ("Quantizer", "LSQ init", "`2 E|W| / sqrt(Qp)`", "not public", "`2 E|W| / sqrt(Qp)`", "—",
+     "follows paper"),
+    ("Seeds", "seeds", "—", "none", "seed 0", "`--seed`", "project choice"),
+    ("Seeds", "steps", "—", "391", "390", "—", "departure"),
+], columns=["section", "choice", "paper", "authors_code", "uniq", "alternative", "status"])
 
 
 @pytest.fixture
 def summarised(results):
     """The results folder with a claims table, Table 1, Table 4's seeds and full provenance."""
     out, notebook_dir = results
-    fidelity = notebook_dir.parent / "docs" / "fidelity.md"
-    fidelity.write_text(FIDELITY_PAGE)
+    fidelity = notebook_dir.parent / "data" / "fidelity.csv"
+    fidelity.parent.mkdir(exist_ok=True)
+    FIDELITY_TABLE.to_csv(fidelity, index=False)
     pd.DataFrame([
         {"id": "T4-a", "source": "Table 4", "statement": "UniQ beats LSQ at 2 bits",
          "effect": 1.5, "ci_low": 0.5, "ci_high": 2.5, "paper_effect": 0.8, "verdict": "holds",
@@ -270,33 +265,77 @@ def test_the_report_opens_with_the_reproducibility_summary(summarised):
     summary = text[first:text.index("</section>")]
     # scope and results come from the claims table
     assert "3 claims" in summary and "1 from Table 4, 1 from Table 5, 1 from Table 2" in summary
-    assert "1 holds, 1 inconclusive, 1 not run" in summary
+    assert "1 holds, 0 contradicted, 2 not decided" in summary
     assert "holds: T4-a: UniQ beats LSQ at 2 bits (effect +1.50 [+0.50, +2.50], paper +0.80)" \
         in summary
-    # methodology from the provenance, easy/hard from Table 1, the seeds and the fidelity page
+    assert "Not decided, by cause: 1 noise, 1 not run." in summary
+    # methodology from the provenance, easy/hard from Table 1, the seeds and the fidelity table
     assert "ResNet-8 on synthetic data (512 training, 250 test images" in summary
     assert "3 seeds (0, 1, 2)" in summary
-    assert "lists 4 choices" in summary and "in 2 the paper is silent" in summary
-    assert "The paper does not say: step-gradient scale; seeds." in summary
-    assert "public code either (written from the paper&#x27;s description): LSQ init." in summary
+    assert ("lists 5 choices" in summary and "2 follow the paper, 1 follow the authors" in summary
+            and "1 are choices of this reproduction" in summary and "and 1 depart" in summary)
+    assert "The paper does not say: step-gradient scale; seeds; steps." in summary
+    assert "public code either (written from the paper's description): LSQ init." in summary
     assert "largest difference 0.0003 in the unit steps and 0.050 dB" in summary
-    assert "per section of the fidelity page: Quantizer 2 of 3; Seeds 0 of 1." in summary
+    assert "per section of the fidelity table: Quantizer 3 of 3; Seeds 0 of 2." in summary
     sd = math.sqrt(2.5)
-    assert f"pooled sd of top-1 over Table 4&#x27;s cells {sd:.2f} points" in summary
+    assert f"pooled sd of top-1 over Table 4's cells {sd:.2f} points" in summary
     assert f"about {detectable_effect(3, sd):.2f} points" in summary
     assert "05_table5.ipynb failed at cell 3" in summary
     assert (out / "reproducibility_summary.md").read_text().startswith(
-        "# Reproducibility summary\n\n## Scope of reproducibility")
-    # an escaped pipe inside a cell is no column break
+        "# Reproducibility summary\n\nIn the form of")
+    assert "## Scope of reproducibility" in (out / "reproducibility_summary.md").read_text()
     rows = fidelity_rows(fidelity)
     assert rows.set_index("choice").loc["LSQ init", "paper"] == "`2 E|W| / sqrt(Qp)`"
     assert check_page(out / "index.html", out) == []
 
 
-def test_the_summary_says_what_is_missing(results):
-    from uniq.repro.repro_summary import summary_parts
+def test_the_summary_counts_verdicts_after_holm_by_cause(summarised):
+    from uniq.repro.repro_summary import summary_markdown
+
+    out, _, fidelity = summarised
+    claims = pd.read_csv(out / "claims.csv")
+    extra = pd.DataFrame([
+        {"id": "T4-d", "source": "Table 4", "statement": "UniQ beats LSQ at 3 bits",
+         "effect": 0.9, "ci_low": 0.1, "ci_high": 1.7, "paper_effect": 0.5, "verdict": "holds"},
+        {"id": "F3-e", "source": "Figure 3", "statement": "skewed", "effect": 0.2,
+         "ci_low": -0.1, "ci_high": 0.5, "paper_effect": float("nan"),
+         "verdict": "inconclusive (weights did not move)"},
+        {"id": "T2-f", "source": "Table 2", "statement": "mixed", "effect": float("nan"),
+         "ci_low": float("nan"), "ci_high": float("nan"), "paper_effect": 0.3,
+         "verdict": "not comparable"}])
+    claims = pd.concat([claims, extra], ignore_index=True).assign(comparable_to_paper=False)
+    claims["verdict_holm"] = claims.verdict
+    claims.loc[claims.id == "T4-d", "verdict_holm"] = "inconclusive (Holm)"
+    claims["p_holm"] = [0.01, 0.5, float("nan"), 0.04, float("nan"), float("nan")]
+    claims.to_csv(out / "claims.csv", index=False)
+    text = summary_markdown(out, fidelity)
+    assert "1 holds, 0 contradicted, 5 not decided (without the adjustment: 2 holds)" in text
+    assert "- holds alone, not after Holm: T4-d: UniQ beats LSQ at 3 bits" in text
+    assert ("Not decided, by cause: 2 noise, 1 did not move, 1 not run, 1 not comparable."
+            in text)
+    assert "(1 of them significant alone, not after the Holm adjustment)" in text
+
+
+def test_a_bf16_paper_reproduction_reports_not_comparable(results):
+    from uniq.repro.repro_summary import summary_markdown
+    from uniq.repro.reproduce import paper_comparison
 
     out, _ = results
-    parts = {p.heading: p for p in summary_parts(out, out / "no-fidelity.md")}
-    assert "No claims table was found" in parts["Scope of reproducibility"].paragraphs[0]
-    assert parts["Results"].bullets == []
+    prov = json.loads((out / "provenance.json").read_text())
+    prov.update(caveat="paper profile: real CIFAR-100, ResNet-32, the paper's 350-epoch "
+                "schedules.", **paper_comparison("paper", out, {"PRECISION": "bf16"}))
+    (out / "provenance.json").write_text(json.dumps(prov))
+    text = summary_markdown(out, out / "no-fidelity.csv")
+    assert "Not comparable to the paper: paper profile" in text
+    assert "precision bf16 (paper fp32)" in text
+    assert "Comparable to the paper" not in text
+
+
+def test_the_summary_says_what_is_missing(results):
+    from uniq.repro.repro_summary import summary_facts, summary_markdown
+
+    out, _ = results
+    text = summary_markdown(out, out / "no-fidelity.csv")
+    assert "No claims table was found" in text
+    assert summary_facts(out, out / "no-fidelity.csv")["claims"] is None

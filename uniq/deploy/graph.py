@@ -36,13 +36,11 @@ Needs the ``export`` extra (``onnx``, ``onnxruntime``); they are imported only w
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import operator
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -55,10 +53,6 @@ from torch import fx, nn
 
 from .. import __version__
 from ..modules import QConv2d, QLinear, Quantizer, quantizers
-from ..repro.data import FINEGRAIN_SIZE, load_dataset, normalize
-from ..repro.paths import resolve_path
-from ..repro.runs import Run
-from ..repro.tasks import DATA_SEED
 from .integer import IntegerGrid, from_codes, integer_grid, pair, to_codes
 
 OPSET = 13
@@ -941,51 +935,6 @@ def measure_latency(model: nn.Module, path: str | Path, x: torch.Tensor, repeats
             "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
 
 
-# --- run directories and the command line ---------------------------------------------------
-
-
-def load_run_model(run_dir: str | Path) -> nn.Module:
-    """The trained model of a finished run directory (CIFAR or ImageNet), on the CPU in eval
-    mode, with a message for a folder that is not a finished run."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(
-            f"run directory {run_dir} not found; pass a folder written by `python -m uniq "
-            "train` or `python -m uniq imagenet` (it holds config.json and model.pt)")
-    config_path, weights_path = run_dir / "config.json", run_dir / "model.pt"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path} not found: {run_dir} is not a run directory")
-    if not weights_path.is_file():
-        raise FileNotFoundError(
-            f"{weights_path} not found: the run has not finished; finish it (run the same "
-            "training command again, it resumes) or export a finished run")
-
-    run = Run.load(run_dir)
-    if not run.finished:
-        raise FileNotFoundError(f"{run_dir} has not finished (no result.json); finish it first")
-    return run.model().eval()
-
-
-def run_input_size(run_dir: str | Path) -> int:
-    """The image size a run was trained at (ImageNet: its ``image_size``; CIFAR-100 and the
-    ``synthetic`` stand-in: 32; the laptop profile's ``finegrain``: 16)."""
-    cfg = Run.load(run_dir).config
-    if cfg.task == "imagenet":
-        return int(cfg.image_size)
-    return FINEGRAIN_SIZE if cfg.dataset == "finegrain" else 32
-
-
-def load_run_batch(run_dir: str | Path, n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``n`` test images of a CIFAR run's dataset, normalised as in training, and
-    their labels (the synthetic set is generated from the run's seed)."""
-    cfg = Run.load(run_dir).config
-    if cfg.task == "imagenet":
-        raise ValueError(f"{run_dir} is an ImageNet run; load its validation images yourself")
-    data = load_dataset(cfg.dataset, False, resolve_path(cfg.data_dir), DATA_SEED,
-                        (cfg.synthetic_train, cfg.synthetic_test), download=False)
-    return normalize(data.images[:n], data.mean, data.std), data.labels[:n]
-
-
 def _op_counts(proto) -> dict[str, int]:
     ops: dict[str, int] = {}
     for node in proto.graph.node:
@@ -1038,71 +987,6 @@ def _optimized(path: str | Path):
         return onnx.load(options.optimized_model_filepath)
 
 
-def cmd_export(a: argparse.Namespace) -> int:
-    for name in ("batch", "image_size"):
-        value = getattr(a, name)
-        if value is not None and value < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
-    out = Path(a.output)
-    blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
-    if blocking is not None:
-        raise ValueError(f"-o {out}: {blocking} is a file, not a folder; choose an output path "
-                         "inside a folder")
-    if out.is_dir():
-        raise ValueError(f"-o {out} is a folder; give a file name, e.g. {out / 'model.onnx'}")
-    try:
-        require("onnx"), require("onnxruntime")
-        model = load_run_model(a.run_dir)
-        size = a.image_size or run_input_size(a.run_dir)
-        g = torch.Generator().manual_seed(a.seed)
-        x = torch.randn(a.batch, 3, size, size, generator=g)
-        path = export_onnx(model, a.output, x, integer=a.integer, nine_bit=a.nine_bit,
-                           fused=getattr(a, "fused", False))
-    except ImportError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    report: dict[str, Any] = {"onnx": str(path), "opset": OPSET, "input": [a.batch, 3, size, size],
-                              "form": "integer" if a.integer else "qdq"}
-    if a.integer:
-        report.update(integer_layers(path))
-    if not a.no_check:
-        parity = check_parity(model, path, x)
-        report.update({k: v for k, v in parity.items() if not k.endswith("_logits")},
-                      check_input="Gaussian noise (the data are not needed to check the graph)")
-    print(json.dumps(report, indent=2))
-    agree = report.get("allclose") and report.get("top1_agree_forced") == 1.0
-    integer_ok = not report.get("missing")
-    return 0 if (a.no_check or agree) and integer_ok else 1
-
-
-def add_export_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """``python -m uniq export RUN_DIR -o model.onnx``."""
-    p.description = ("Write a finished CIFAR or ImageNet run as an ONNX file in the QDQ form "
-                     f"(opset {OPSET}) and compare onnxruntime's logits with PyTorch's on a "
-                     f"random batch. Needs: {INSTALL_HINT}")
-    p.add_argument("run_dir", help="a finished run directory (config.json and model.pt)")
-    p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
-    p.add_argument("--image-size", type=int, default=None,
-                   help="input size of the check batch (default: the run's; CIFAR 32)")
-    p.add_argument("--batch", type=int, default=8, help="check batch size")
-    p.add_argument("--seed", type=int, default=0, help="seed of the check batch")
-    p.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
-    p.add_argument("--integer", action="store_true",
-                   help="compute every quantized layer with integer kernels (ConvInteger / "
-                        "MatMulInteger) instead of the QDQ form's float kernels")
-    p.add_argument("--nine-bit", choices=NINE_BIT, default="float",
-                   help="with --integer: layers whose odd codes need 9 bits (8-bit UniQ first "
-                        "and last layers) stay QDQ (float, the default: faster) or are split "
-                        "into int8 kernels (split: every quantized layer in integers)")
-    p.add_argument("--fused", action="store_true",
-                   help="with --integer: fuse a convolution, its BatchNorm, ReLU and the next "
-                        "quantizer into one QLinearConv (faster; the bias is rounded to the "
-                        "accumulator's grid, the report counts the codes that moved)")
-    p.set_defaults(func=cmd_export)
-    return p
-
-
 __all__ = ["OPSET", "INTEGER_KERNELS", "NINE_BIT", "build_onnx", "export_onnx",
            "check_exportable", "onnx_session", "integer_layers",
-           "check_parity", "measure_latency", "load_run_model", "load_run_batch",
-           "onnx_summary", "add_export_arguments"]
+           "check_parity", "measure_latency", "onnx_summary"]

@@ -159,8 +159,16 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
 
 
 def cmd_runs(a: argparse.Namespace) -> int:
+    from .distributed import check_device_name
+    from .paths import resolve_path
     from .study import context, parse_seeds, plan
 
+    check_device_name(a.device)
+    for flag, folder in (("--runs-dir", a.runs_dir), ("--data-dir", a.data_dir)):
+        path = resolve_path(folder)
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"{flag} {folder}: {path} is a file, not a folder; give a folder "
+                             "(it need not exist yet)")
     ctx = context(a.profile, runs_dir=a.runs_dir, data_dir=a.data_dir, device=a.device,
                   seeds=parse_seeds(a.seeds) if a.seeds else None)
     rows = plan(ctx)
@@ -195,7 +203,7 @@ def cmd_doctor(a: argparse.Namespace) -> int:
                 precisions=_names(a.precisions, "--precisions") if a.precisions else (),
                 modes=_names(a.modes, "--modes") if a.modes else (), steps=a.steps,
                 only=_names(a.only, "--only") if a.only else GROUPS, budget_s=a.budget)
-    return main(o, a.output)
+    return main(o, a.output, force=a.force)
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
@@ -247,6 +255,8 @@ def _table1_args(t1: argparse.ArgumentParser) -> None:
 
 def _doctor_args(d: argparse.ArgumentParser) -> None:
     d.add_argument("-o", "--output", default="doctor.json", help="where to write the JSON")
+    d.add_argument("--force", action="store_true", help="replace -o even if it is not a "
+                   "doctor report (a run's or results folder's file is never replaced)")
     d.add_argument("--device", default="auto")
     d.add_argument("--quick", action="store_true", help="a tiny model and few steps, eager "
                    "only (the test suite runs this on the CPU)")
@@ -266,7 +276,7 @@ def _doctor_args(d: argparse.ArgumentParser) -> None:
 
 
 def _export_args(p: argparse.ArgumentParser) -> None:
-    from ..deploy import add_export_arguments
+    from .export import add_export_arguments
 
     add_export_arguments(p)
 

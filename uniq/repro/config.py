@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,6 +202,8 @@ class RunConfig:
                             else c.init_scope or default_init_scope(c.method))
             if c.bits == 1:  # the first and last layers stay in full precision at 1 bit
                 c.first_last_bits, c.first_last_weight_granularity = 8, ""
+                if not c.overrides:  # no 8-bit layer: the scope reaches the same layers
+                    c.init_scope = "low-bit"
         c.recipe = c.recipe or default_recipe(c.bits)
         base = get_recipe(c.recipe)
         c.lr = float(base.lr if c.lr is None else c.lr)
@@ -211,6 +214,8 @@ class RunConfig:
                                else c.weight_decay)
         c.recipe_obj()  # validates the overrides
         c.weight_granularity = c.weight_granularity or c.default_granularity()
+        if c.first_last_weight_granularity == c.weight_granularity:
+            c.first_last_weight_granularity = ""  # "as the other layers": one computation
         if c.init_from is None and not c.init_from_run:
             parent = c.default_parent()
             c.init_from = None if parent is None else parent.resolved().to_dict()
@@ -252,6 +257,14 @@ class RunConfig:
         if c.init_from_run:
             out["init_from_run"] = start_key(Path(c.init_from_run))
         out["recipe_spelled_out"] = c.recipe_obj().as_dict() | {"description": ""}
+        # BatchNorm's group, not the flag: --sync-bn over N processes computes what one process
+        # computes (the whole batch); without it each of N processes normalises its own share.
+        out["sync_bn"] = False
+        processes = world_size()
+        if processes > 1 and not c.sync_bn:
+            out["batchnorm_processes"] = processes
+        if c.precision == "tf32" and not cuda_device(c.device):
+            out["precision"] = "fp32"  # TF32 exists only on CUDA: the same arithmetic
         return out
 
     def key(self) -> str:
@@ -273,13 +286,17 @@ class RunConfig:
 
 
 PLACEMENT = {
-    "device": "where the run executes (a CPU and a GPU round differently; the device is "
-              "recorded in config.json and result.json)",
+    "device": "where the run executes: a CPU and a GPU round differently (the device is "
+              "recorded in config.json and result.json), but they draw the same batches (the "
+              "tensor loader's generator is a CPU one on every device); TF32 is keyed only "
+              "where it exists (CUDA)",
     "channels_last": "memory layout of the same tensors (the default follows the device)",
     "runs_dir": "where runs are stored",
-    "data_dir": "where the data are read from (their content is checked by verify_data)",
+    "data_dir": "where the data are read from (CIFAR-100: the files are checked by "
+                "verify_data; ImageNet: the folder's class and file lists are in the key)",
     "workers": "DataLoader processes; hashed by a task when they change the batches (CIFAR's "
-               "dataloader loader)",
+               "dataloader loader; ImageNet draws each image's augmentation from its own "
+               "seed, whatever the worker count)",
     "log_every": "how often the loss is checked and printed",
     "stop_after": "leaving early; the next call continues the same run",
     "wait": "what to do when another process holds the run",
@@ -289,6 +306,13 @@ PLACEMENT = {
 }
 """Config fields left out of the key because they say where or how fast a run executes, with
 the reason. A test walks every field: each is hashed, placement, or in ``ENTERS_VIA``."""
+
+KEYED_GENERATOR_CONSTANTS = {
+    "synthetic": {"classes": 100, "size": 32, "noise": 0.8, "data_seed": 0},
+    "finegrain": {"classes": 20, "size": 16, "detail": 0.5, "noise": 1.3, "data_seed": 0},
+}
+"""The generated data sets' constants (``uniq.repro.generated``) as
+the keys of scheme 2 were made: a change of any constant adds them all to the key."""
 
 ENTERS_VIA = {
     "fp_epochs": "init_from (the full-precision parent's key)",
@@ -380,19 +404,44 @@ def validate_fields(cfg: RunConfig) -> None:
         raise ValueError(f"warmup_scale must be >= 0, got {cfg.warmup_scale}")
 
 
+def start_file(path: Path) -> Path:
+    """The file ``--init-from-run`` loads: a run directory's ``model.pt`` (else its last
+    ``checkpoint.pt``), or the file named."""
+    if path.is_dir():
+        return path / "model.pt" if (path / "model.pt").exists() else path / "checkpoint.pt"
+    return path
+
+
 def start_key(path: Path) -> str:
-    """Identity of a start point for the hash: the run's key, or a checksum of a bare file."""
-    run = path if path.is_dir() else path.parent
-    if (run / "config.json").exists():
-        # The key a run directory was made under (``uniq.repro.runs`` writes it into config.json).
-        try:
-            return str(json.loads((run / "config.json").read_text()).get("key", ""))
-        except (OSError, json.JSONDecodeError) as err:
-            raise ValueError(f"--init-from-run: cannot read {run / 'config.json'} ({err}); "
-                             "point to a finished run directory or a checkpoint file") from None
-    if path.is_file():
-        return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-    raise FileNotFoundError(f"--init-from-run: no run directory or checkpoint at {path}")
+    """Identity of a start point for the hash: the sha256 of the file that will be loaded (a
+    run's ``model.pt``, an unfinished run's current checkpoint, or any file), never its path
+    or its run's key."""
+    file = start_file(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"--init-from-run: no run directory or checkpoint at {path} "
+                                "(a run directory needs model.pt or checkpoint.pt)")
+    h = hashlib.sha256()
+    with file.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:12]
+
+
+def world_size() -> int:
+    """Processes of this run (torchrun's WORLD_SIZE; 1 without torchrun)."""
+    import os
+
+    try:
+        return max(int(os.environ.get("WORLD_SIZE", "1")), 1)
+    except ValueError:
+        return 1
+
+
+def cuda_device(device: str) -> bool:
+    """Whether a run with ``--device`` runs on CUDA (``auto``: when a GPU is visible)."""
+    if device == "auto":
+        return torch.cuda.is_available()
+    return str(device).startswith("cuda")
 
 
 def placement(cfg: RunConfig) -> dict[str, Any]:
@@ -412,6 +461,9 @@ class CifarConfig(RunConfig):
     data_fraction: float = option(1.0, "train on a random fraction of the training set")
     synthetic_train: int = option(50_000, "images in the synthetic training set")
     synthetic_test: int = option(10_000, "images in the synthetic test set")
+    cifar_stats: str = option("rounded", "CIFAR-100 normalisation: rounded (the statistics "
+                              "to 4 decimals) or exact (the training set's, as the authors' "
+                              "code)", ("rounded", "exact"))
     depth: int = option(32, "pre-activation ResNet depth (6n+2)")
     loader: str = option("tensor", "tensor (device-resident, on-device augmentation) or "
                          "dataloader (torchvision transforms, workers): they draw different "
@@ -429,9 +481,19 @@ class CifarConfig(RunConfig):
         return f"resnet{self.depth}"
 
     def hashed(self) -> dict:
+        from . import generated as G
+
         out = super().hashed()
         if out["loader"] == "dataloader":  # its workers draw the augmentation: other batches
             out["workers"] = self.workers
+        if out.pop("cifar_stats") == "exact" and self.dataset == "cifar100":
+            out["cifar_stats"] = "exact"  # keyed when it departs from the default
+        if self.dataset == "cifar100":  # the generated sets' sizes mean nothing here
+            out["synthetic_train"], out["synthetic_test"] = 50_000, 10_000
+        else:  # the generator's own constants, when they differ from those keys were made with
+            constants = {**G.GENERATOR_CONSTANTS[self.dataset], "data_seed": G.DATA_SEED}
+            if constants != KEYED_GENERATOR_CONSTANTS[self.dataset]:
+                out["generator"] = constants
         return out
 
     def validate_task(self) -> None:
@@ -449,7 +511,8 @@ class CifarConfig(RunConfig):
         scratch (the same data, model and batch)."""
         if self.bits == FULL_PRECISION:
             return None
-        keep = ("dataset", "data_fraction", "synthetic_train", "synthetic_test", "depth",
+        keep = ("dataset", "cifar_stats", "data_fraction", "synthetic_train", "synthetic_test",
+                "depth",
                 "batch_size", "precision", "sync_bn", "dynamics_per_epoch", "loader", "compile",
                 "workers")
         return CifarConfig(bits=FULL_PRECISION, epochs=self.fp_epochs, seed=self.fp_seed,
@@ -494,12 +557,19 @@ class ImageNetConfig(RunConfig):
 
     def hashed(self) -> dict:
         """A weight file counts by its content (sha256), never by its path; pytorchcv's
-        weights are named by pytorchcv's own file name (which carries their checksum)."""
+        weights by pytorchcv's file name, which carries the first 8 hex digits of the file's
+        SHA-1 (pytorchcv checks a downloaded or cached file against it). The data folder counts
+        by its class list and file list (``imagenet_data_digest``)."""
         out = super().hashed()
-        if self.pretrained in ("none", "pytorchcv"):
-            out["pretrained"] = self.pretrained
+        if self.pretrained == "none":
+            out["pretrained"] = "none"
+        elif self.pretrained == "pytorchcv":
+            from .pretrained import pytorchcv_filename
+
+            out["pretrained"] = "pytorchcv:" + pytorchcv_filename(self.arch)
         else:
             out["pretrained"] = pretrained_digest(self.arch, self.pretrained)
+        out["imagenet_data"] = imagenet_data_digest(self.data_dir)
         return out
 
     def default_parent(self) -> ImageNetConfig | None:
@@ -516,6 +586,29 @@ class ImageNetConfig(RunConfig):
 
 
 _DIGESTS: dict[tuple, str] = {}
+
+
+def imagenet_data_digest(data_dir: str) -> str:
+    """The content of an ImageNet folder as a run's key sees it: the sha256 of its class
+    list and of every file's path under ``train/`` and ``val/`` (names, not bytes: a folder
+    of other images or another class subset is another key; ``absent`` without a folder).
+    Taken once per folder state (the folders' modification times)."""
+    root = resolve_path(data_dir)
+    splits = [root / "train", root / "val"]
+    if not all(s.is_dir() for s in splits):
+        return "absent"
+    classes = {s: sorted(e.name for e in os.scandir(s) if e.is_dir()) for s in splits}
+    memo = (str(root), *(os.stat(s / c).st_mtime_ns for s in splits for c in classes[s]),
+            *(os.stat(s).st_mtime_ns for s in splits))
+    if memo not in _DIGESTS:
+        h = hashlib.sha256()
+        for s in splits:
+            for c in classes[s]:
+                h.update(f"{s.name}/{c}\n".encode())
+                for name in sorted(e.name for e in os.scandir(s / c) if e.is_file()):
+                    h.update(f"{s.name}/{c}/{name}\n".encode())
+        _DIGESTS[memo] = f"{len(classes[splits[0]])} classes, sha256:{h.hexdigest()[:16]}"
+    return _DIGESTS[memo]
 
 
 def pretrained_file(arch: str, pretrained: str) -> Path:

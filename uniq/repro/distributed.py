@@ -31,17 +31,26 @@ class Dist:
         return self.rank == 0
 
 
+def check_device_name(name: str) -> str:
+    """``name`` if it spells a device (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ...), whether
+    or not this machine has it (``runs --commands`` may write commands for another machine)."""
+    if name == "auto":
+        return name
+    try:
+        torch.device(name)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from err
+    return name
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` is CUDA when a GPU is visible, else the CPU; asking for an absent GPU is an
     error rather than a silent fall-back."""
-    if name == "auto":
+    if check_device_name(name) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} was asked for but no CUDA GPU is visible; use 'cpu'")
-    try:
-        return torch.device(name)
-    except RuntimeError as err:
-        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from err
+    return torch.device(name)
 
 
 def init(device: str = "auto") -> Dist:

@@ -34,7 +34,8 @@ from ..modules import quantizers
 from . import data as D
 from . import distributed
 from .config import PRECISIONS, CifarConfig, ImageNetConfig, as_flags
-from .runs import Run
+from .outputs import check_output
+from .runs import Run, write_text_atomic
 from .study import get_profile
 from .tasks import imagenet_data, make_model
 from .train import fit, prepare, set_precision, train_step
@@ -89,6 +90,13 @@ class Options:
         for g in self.only:
             if g not in GROUPS:
                 raise ValueError(f"unknown check group {g!r}; use {', '.join(GROUPS)}")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
+            raise ValueError(f"--steps must be a whole number of steps, 0 or more (0: the "
+                             f"default), got {self.steps}")
+        if not (isinstance(self.budget_s, int | float) and math.isfinite(self.budget_s)
+                and self.budget_s > 0):
+            raise ValueError(f"--budget must be a positive number of seconds, got "
+                             f"{self.budget_s}")
         steps = self.steps or (2 if self.quick else 20 if cuda else 5)
         return dataclasses.replace(self, precisions=tuple(precisions), modes=tuple(modes),
                                    steps=steps)
@@ -578,18 +586,27 @@ def _json_safe(obj: Any) -> Any:
     return str(obj)
 
 
-def main(o: Options, out: str | Path = "doctor.json") -> int:
-    """Run the checks, print the table, write ``out``; 1 if a check failed, else 0."""
-    out = Path(out)
-    if out.is_dir():
-        raise ValueError(f"-o {out} is a folder; give a file name, e.g. {out / 'doctor.json'}")
+def is_doctor_report(path: Path) -> bool:
+    """A JSON file this command wrote (overwritten without ``--force``)."""
+    try:
+        saved = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(saved, dict) and {"machine", "checks", "summary"} <= set(saved)
+
+
+def main(o: Options, out: str | Path = "doctor.json", force: bool = False) -> int:
+    """Run the checks, print the table, write ``out``; 1 if a check failed, else 0. The
+    options and ``out`` are checked first: a run's or results folder's file, or an existing
+    file that is not a doctor report (without ``force``), is refused before any check runs."""
+    out = check_output(out, "-o", force, is_doctor_report, kind="doctor report")
+    o.resolved()
     t0 = time.perf_counter()
     rows = run_checks(o, say=lambda s: print(s, file=sys.stderr, flush=True))
     print(table(rows))
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(_json_safe(report(rows, o.resolved(), time.perf_counter() - t0)),
-                              indent=2) + "\n")
-    tmp.replace(out)
+    write_text_atomic(json.dumps(_json_safe(report(rows, o.resolved(),
+                                                   time.perf_counter() - t0)), indent=2) + "\n",
+                      out)
     print(f"wrote {out}")
     return 1 if any(r.status == "fail" for r in rows) else 0

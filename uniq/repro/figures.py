@@ -364,10 +364,21 @@ def _colour(result: str) -> str:
     return next((c for v, c in VERDICT_COLOURS.items() if result.startswith(v)), "0.3")
 
 
+def shown_verdict(row: pd.Series) -> tuple[str, str]:
+    """(verdict shown, label): the Holm-adjusted verdict when the table has one, with the
+    unadjusted verdict beside it where the two differ."""
+    verdict = str(row["verdict"])
+    adjusted = str(row.get("verdict_holm", verdict))
+    if adjusted in ("nan", "None"):
+        adjusted = verdict
+    return adjusted, adjusted + (f" (alone: {verdict})" if adjusted != verdict else "")
+
+
 def plot_claims(table: pd.DataFrame, width: float = 9.0):
     """Effect and its interval per claim (horizontal bars), the paper's effect (black diamond),
-    zero, the ``match`` margin (shaded), the verdict as colour and label. One panel per kind of
-    metric (top-1 points, skewness, dB), since their units differ."""
+    zero, the ``match`` margin (shaded), the verdict after Holm as colour and label (the
+    unadjusted one beside it where they differ). One panel per kind of metric (top-1 points,
+    skewness, dB), since their units differ."""
     from matplotlib.figure import Figure  # not pyplot: no backend chosen, nothing shown twice
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
@@ -387,7 +398,7 @@ def plot_claims(table: pd.DataFrame, width: float = 9.0):
         ax.axvline(0, color="0.3", lw=0.8)
         spans = [0.0]
         for yi, (_, row) in zip(y, part.iterrows(), strict=True):
-            colour = _colour(row["verdict"])
+            colour = _colour(shown_verdict(row)[0])
             if row["direction"] == "match" and np.isfinite(row["margin"]):
                 ax.fill_betweenx([yi - 0.35, yi + 0.35], -row["margin"], row["margin"],
                                  color="tab:blue", alpha=0.12, lw=0)
@@ -408,8 +419,9 @@ def plot_claims(table: pd.DataFrame, width: float = 9.0):
         ax.set_yticks(y)
         ax.set_yticklabels([str(i) for i in part["id"]], fontsize=8)
         for yi, (_, row) in zip(y, part.iterrows(), strict=True):
-            ax.annotate(row["verdict"], xy=(1.01, yi), xycoords=("axes fraction", "data"),
-                        va="center", fontsize=8, color=_colour(row["verdict"]))
+            verdict, label = shown_verdict(row)
+            ax.annotate(label, xy=(1.01, yi), xycoords=("axes fraction", "data"),
+                        va="center", fontsize=8, color=_colour(verdict))
         one_sample = (part["b"].fillna("").astype(str).str.strip() == "").any()
         ax.set_xlabel(METRIC_UNITS.get(family, family)
                       + (" (a - b, or a for one-sample claims)" if one_sample else " (a - b)"),

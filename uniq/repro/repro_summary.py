@@ -1,73 +1,88 @@
 """The reproducibility summary that opens the HTML report, in the form of the ML Reproducibility
 Challenge (scope, methodology, results, what was easy, what was hard).
 
-Every sentence is generated from three sources, so the summary says what this results folder
-holds and nothing else: the claims table the notebooks wrote (``claims.csv``, from
-``data/claims.csv``), the fidelity page (``docs/fidelity.md``: every choice that can change a
-number) and the provenance (``provenance.json``: profile, data, seeds, device, notebooks).
+Its numbers come from three sources, so the summary says what this results folder holds and
+nothing else: the claims table the notebooks wrote (``claims.csv``, from ``data/claims.csv``),
+the fidelity table (``data/fidelity.csv``: every choice that can change a number, with its
+status) and the provenance (``provenance.json``: profile, data, seeds, device, notebooks).
+``summary_facts`` gathers the numbers; the words are the template
+``uniq/templates/summary.md`` (Markdown, turned into HTML by mistune).
 """
 
 from __future__ import annotations
 
-import html
 import json
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from .claims import detectable_effect, pooled_seed_sd
 from .paths import REPO
 
-FIDELITY = REPO / "docs" / "fidelity.md"
+FIDELITY = REPO / "data" / "fidelity.csv"
+FIDELITY_COLUMNS = ("section", "choice", "paper", "authors_code", "uniq", "alternative",
+                    "status")
+STATUSES = ("follows paper", "follows authors' code", "project choice", "departure")
+"""A fidelity row's status: ``uniq`` does what the paper says; the paper is silent (or vague)
+and ``uniq`` does what the authors' code does; neither decides and ``uniq`` chose; ``uniq``
+departs from what the paper or the authors' code does (switchable: the row names the flag)."""
 HEADINGS = ("Scope of reproducibility", "Methodology", "Results", "What was easy",
             "What was hard")
 # the paper cell of a fidelity row when the paper does not settle the choice
-SILENT = re.compile(r"^(—|-|)$|not (mentioned|described|stated|said)|not public", re.I)
+SILENT = re.compile(r"^(—|-|)$|not (mentioned|described|stated|said)|not public|silent", re.I)
+# Why a claim is not decided, from its verdict after Holm (``claims.evaluate_claims``)
+CAUSES = {"noise": "the effect is small against the seed-to-seed noise",
+          "did not move": "the weights moved less than the gate from their full-precision "
+                          "start, so their shape says nothing about training",
+          "no margin yet": "no seed-to-seed spread is measured yet for its margin",
+          "not run": "its runs are not in this folder",
+          "not comparable": "its runs differ in more than the seed"}
 
-
-@dataclass
-class Part:
-    heading: str
-    paragraphs: list[str] = field(default_factory=list)
-    bullets: list[str] = field(default_factory=list)
+TEMPLATES = Environment(loader=PackageLoader("uniq.repro"), autoescape=False, trim_blocks=True,
+                        lstrip_blocks=True, keep_trailing_newline=True,
+                        undefined=StrictUndefined)
 
 
 def fidelity_rows(path: str | Path = FIDELITY) -> pd.DataFrame:
-    """The rows of the fidelity page's tables: section, choice, paper, authors' code, uniq
-    default (an escaped ``\\|`` inside a cell is not a column break)."""
-    rows, section = [], ""
-    for line in Path(path).read_text().splitlines():
-        if line.startswith("## "):
-            section = line[3:].strip()
-        if not line.startswith("|") or line.startswith("|---") or line.startswith("| choice"):
-            continue
-        cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
-        if len(cells) >= 4:
-            rows.append({"section": section, "choice": cells[0], "paper": cells[1],
-                         "authors_code": cells[2], "uniq": cells[3]})
-    return pd.DataFrame(rows, columns=["section", "choice", "paper", "authors_code", "uniq"])
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
+    """The fidelity table: section, choice, paper, authors' code, uniq default, alternative
+    and status, one row per choice (``data/fidelity.csv``)."""
+    rows = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = [c for c in FIDELITY_COLUMNS if c not in rows]
+    if missing:
+        raise ValueError(f"{path}: column(s) {missing} missing; expected "
+                         f"{', '.join(FIDELITY_COLUMNS)}")
+    wrong = sorted(set(rows.status) - set(STATUSES))
+    if wrong:
+        raise ValueError(f"{path}: unknown status(es) {wrong}; use one of {', '.join(STATUSES)}")
+    return rows[list(FIDELITY_COLUMNS)]
 
 
 def _read_csv(path: Path) -> pd.DataFrame | None:
     return pd.read_csv(path) if path.exists() else None
 
 
-def _verdict_word(verdict: str) -> str:
-    return str(verdict).split(" ")[0] if str(verdict) != "not run" else "not run"
+def cause(verdict: str) -> str | None:
+    """Why a claim is undecided, from its verdict (None when it holds or is contradicted)."""
+    v = str(verdict)
+    if v in ("holds", "contradicted"):
+        return None
+    if v in ("not run", "not comparable"):
+        return v
+    inside = re.search(r"\((.*)\)", v)
+    reason = inside.group(1) if inside else "noise"
+    return {"Holm": "noise", "weights did not move": "did not move"}.get(reason, reason)
 
 
-def _claim_line(row: pd.Series) -> str:
-    effect = (f"effect {row['effect']:+.2f} [{row['ci_low']:+.2f}, {row['ci_high']:+.2f}]"
-              if pd.notna(row.get("ci_low")) and pd.notna(row.get("effect")) else
-              f"effect {row['effect']:+.2f}" if pd.notna(row.get("effect")) else "no effect")
-    paper = (f", paper {row['paper_effect']:+.2f}" if pd.notna(row.get("paper_effect")) else "")
-    return f"{row['id']}: {row['statement']} ({effect}{paper})"
+def _claim(row: pd.Series) -> dict:
+    def num(name: str) -> float | None:
+        value = row.get(name)
+        return float(value) if pd.notna(value) else None
+
+    return {"id": row["id"], "statement": row["statement"], "effect": num("effect"),
+            "low": num("ci_low"), "high": num("ci_high"), "paper": num("paper_effect"),
+            "p_holm": num("p_holm")}
 
 
 def seed_noise(results_dir: Path) -> tuple[float, int, int] | None:
@@ -84,177 +99,111 @@ def seed_noise(results_dir: Path) -> tuple[float, int, int] | None:
     return sd, dof, int(seeds.groupby("experiment").seed.count().max())
 
 
-def summary_parts(results_dir: str | Path, fidelity: str | Path = FIDELITY) -> list[Part]:
-    """The five parts of the summary, each a heading with paragraphs and bullets (plain text
-    with `code` spans)."""
+def _claims_facts(claims: pd.DataFrame | None) -> dict | None:
+    if claims is None or not len(claims):
+        return None
+    adjusted = claims["verdict_holm"] if "verdict_holm" in claims else claims["verdict"]
+    unadjusted = claims["verdict"]
+    causes = adjusted.map(cause)
+    undecided = causes.dropna()
+    by_cause = [{"cause": c, "why": CAUSES.get(c, c), "count": int((undecided == c).sum()),
+                 "ids": list(claims.id[causes == c])}
+                for c in dict.fromkeys([*CAUSES, *undecided]) if (undecided == c).any()]
+    not_run = claims[causes == "not run"]
+    return {
+        "total": len(claims),
+        "per_source": [{"source": s, "count": int(n)}
+                       for s, n in claims.groupby("source", sort=False).size().items()],
+        "holm": "verdict_holm" in claims,
+        "holds": [_claim(r) for _, r in claims[adjusted == "holds"].iterrows()],
+        "contradicted": [_claim(r) for _, r in claims[adjusted == "contradicted"].iterrows()],
+        "holds_unadjusted": int((unadjusted == "holds").sum()),
+        "demoted": [_claim(r) for _, r in
+                    claims[(unadjusted == "holds") & (adjusted != "holds")].iterrows()],
+        "undecided": len(undecided), "by_cause": by_cause,
+        "not_run_sources": sorted(set(not_run.source)),
+        "any_comparable": bool(claims.comparable_to_paper.astype(bool).any())
+        if "comparable_to_paper" in claims else False,
+    }
 
+
+def _fidelity_facts(fid: pd.DataFrame | None) -> dict | None:
+    if fid is None or not len(fid):
+        return None
+    per_section = [{"section": s, "count": len(part),
+                    "status": {st: int((part.status == st).sum()) for st in STATUSES}}
+                   for s, part in fid.groupby("section", sort=False)]
+    return {"total": len(fid),
+            "status": {st: int((fid.status == st).sum()) for st in STATUSES},
+            "per_section": per_section,
+            "silent": list(fid.choice[fid.paper.map(lambda p: bool(SILENT.search(p)))]),
+            "departures": list(fid.choice[fid.status == "departure"]),
+            "unpublished": list(fid.choice[fid.authors_code.str.contains(
+                "not public|not in the public code")])}
+
+
+def summary_facts(results_dir: str | Path, fidelity: str | Path = FIDELITY) -> dict:
+    """Every number the summary states, read from the results folder and the fidelity table."""
     out = Path(results_dir)
     prov_path = out / "provenance.json"
     prov = json.loads(prov_path.read_text()) if prov_path.exists() else {}
     settings = prov.get("profile_settings", {})
-    profile = prov.get("profile", out.name)
-    claims = _read_csv(out / "claims.csv")
-    fid = fidelity_rows(fidelity) if Path(fidelity).exists() else None
-    scope, method, results, easy, hard = (Part(h) for h in HEADINGS)
-
-    # scope: the paper's claims, as the claims file states them
-    if claims is not None and len(claims):
-        per_source = claims.groupby("source", sort=False).size()
-        scope.paragraphs.append(
-            f"The paper (Pham, Abraham and Chung, IEEE Access 2021) introduces UniQ, a learnable "
-            f"symmetric quantizer for multi-bit and binarised networks. This report tests "
-            f"{_plural(len(claims), 'claim')} taken from it (`data/claims.csv`): "
-            + ", ".join(f"{n} from {s}" for s, n in per_source.items()) + ".")
-    else:
-        scope.paragraphs.append(
-            "The paper (Pham, Abraham and Chung, IEEE Access 2021) introduces UniQ, a learnable "
-            "symmetric quantizer. No claims table was found in this folder (notebook 8 writes "
-            "`claims.csv`), so no claim is tested here.")
-    if prov.get("caveat"):
-        scope.paragraphs.append(
-            ("Comparable to the paper: " if prov.get("comparable_to_paper") else
-             "Not comparable to the paper: ") + prov["caveat"])
-
-    # methodology: what was run, where, and how faithfully
+    facts: dict = {"profile": prov.get("profile", out.name), "caveat": prov.get("caveat"),
+                   "comparable": bool(prov.get("comparable_to_paper", False)),
+                   "differs": prov.get("differs_from_paper") or [],
+                   "provenance": bool(prov), "settings": None, "device": None,
+                   "failures": prov.get("failures", []), "table1": None, "notebooks": None,
+                   "noise": None}
     if settings:
-        seeds = prov.get("seeds", {}).get("quantized_runs", settings.get("seeds", []))
-        data = ("CIFAR-100" if settings.get("dataset") == "cifar100" else
-                f"{settings.get('dataset')} data ({settings.get('synthetic_train', 0):,} "
-                f"training, {settings.get('synthetic_test', 0):,} test images; not CIFAR-100)")
-        method.paragraphs.append(
-            f"A PyTorch reimplementation (the `uniq` package) run by `python -m uniq reproduce "
-            f"--profile {profile}`: a pre-activation ResNet-{settings.get('depth')} on {data}, "
-            f"{settings.get('fp_epochs')} full-precision epochs, then "
-            f"{settings.get('epochs')} epochs per quantized run, started from that model; "
-            f"{_plural(len(seeds), 'seed')} ({', '.join(map(str, seeds))}) per quantized "
-            "setting.")
+        facts["settings"] = {
+            "depth": settings.get("depth"), "dataset": settings.get("dataset"),
+            "train": settings.get("synthetic_train", 0), "test": settings.get("synthetic_test", 0),
+            "fp_epochs": settings.get("fp_epochs"), "epochs": settings.get("epochs"),
+            "seeds": list(prov.get("seeds", {}).get("quantized_runs",
+                                                    settings.get("seeds", [])))}
     device = prov.get("device", {})
     if device:
-        where = device.get("gpu") or "CPU" + (f" ({device['cpu_count']} threads)"
-                                               if device.get("cpu_count") else "")
         versions = prov.get("versions", {})
-        method.paragraphs.append(
-            f"Hardware: {where}. Software: Python {versions.get('python')}, torch "
-            f"{versions.get('torch')}"
-            + (f", the locked environment (`{prov['lock']['hash'][:19]}...`)"
-               if prov.get("lock", {}).get("hash") else "") + ".")
-    if fid is not None and len(fid):
-        silent = fid[fid.paper.map(lambda p: bool(SILENT.search(p)))]
-        same = fid[fid.uniq.str.lower().str.startswith("the same") | (fid.uniq == fid.paper)]
-        method.paragraphs.append(
-            f"The fidelity page (`docs/fidelity.md`) lists {_plural(len(fid), 'choice')} that "
-            f"can change a number, each with the paper's text, the authors' code and `uniq`'s "
-            f"default and switch: {len(same)} follow the paper (or the authors' code) as "
-            f"written, in {len(silent)} the paper is silent and the row says what `uniq` "
-            "does and why.")
-
-    # results: the verdicts
-    if claims is not None and len(claims):
-        words = claims.verdict.map(_verdict_word)
-        counts = words.value_counts()
-        results.paragraphs.append(
-            "Verdicts (95% intervals over seeds): "
-            + ", ".join(f"{counts[w]} {w}" for w in ("holds", "contradicted", "inconclusive",
-                                                      "not run") if w in counts) + "."
-            + ("" if claims.comparable_to_paper.any() else
-               " They describe this profile's setting, not the paper's."))
-        for w in ("holds", "contradicted"):
-            for _, row in claims[words == w].iterrows():
-                results.bullets.append(f"{w}: {_claim_line(row)}")
-
-    # what was easy
+        facts["device"] = {"where": device.get("gpu") or "CPU" + (
+            f" ({device['cpu_count']} threads)" if device.get("cpu_count") else ""),
+            "python": versions.get("python"), "torch": versions.get("torch"),
+            "lock": prov.get("lock", {}).get("hash", "")[:19]}
+    facts["claims"] = _claims_facts(_read_csv(out / "claims.csv"))
+    facts["fidelity"] = _fidelity_facts(fidelity_rows(fidelity) if Path(fidelity).exists()
+                                        else None)
     t1 = _read_csv(out / "table1.csv")
     if t1 is not None and {"step_w", "step_w_paper"} <= set(t1.columns):
         printed = t1[t1.bits <= 4]
-        step = max((printed[f"step_{t}"] - printed[f"step_{t}_paper"]).abs().max()
-                   for t in "wa")
-        sqnr = max((printed[f"sqnr_{t}_db"] - printed[f"sqnr_{t}_db_paper"]).abs().max()
-                   for t in "wa")
-        easy.bullets.append(
-            f"Table 1 (MSE-optimal steps, Eq. 7-8) is analytic and matches the paper: largest "
-            f"difference {step:.4f} in the unit steps and {sqnr:.3f} dB in the SQNR, bits 1-4.")
+        facts["table1"] = {
+            "step": max((printed[f"step_{t}"] - printed[f"step_{t}_paper"]).abs().max()
+                        for t in "wa"),
+            "sqnr": max((printed[f"sqnr_{t}_db"] - printed[f"sqnr_{t}_db_paper"]).abs().max()
+                        for t in "wa")}
     notebooks = prov.get("notebooks", {})
-    ok = [n for n, s in notebooks.items() if s.get("ok")]
     if notebooks:
-        seconds = sum(s.get("seconds", 0) for s in notebooks.values())
-        easy.bullets.append(f"{len(ok)} of {_plural(len(notebooks), 'notebook')} ran end to "
-                            f"end in {seconds / 60:.1f} minutes, from one command.")
-    if fid is not None and len(fid):
-        as_written = fid.uniq.str.lower().str.startswith("the same") | (fid.uniq == fid.paper)
-        per_section = fid.assign(same=as_written).groupby("section", sort=False).same
-        easy.bullets.append(
-            "Choices implemented exactly as the paper (or the authors' code) states them, per "
-            "section of the fidelity page: " + "; ".join(
-                f"{name} {int(same.sum())} of {len(same)}" for name, same in per_section) + ".")
-
-    # what was hard
-    for f in prov.get("failures", []):
-        hard.bullets.append(f"{f.get('notebook')} failed at cell {f.get('cell_index')}: "
-                            f"{f.get('error')}")
-    if claims is not None and len(claims):
-        words = claims.verdict.map(_verdict_word)
-        not_run = claims[words == "not run"]
-        if len(not_run):
-            hard.bullets.append(
-                f"{_plural(len(not_run), 'claim')} could not be tested here ("
-                + ", ".join(sorted(set(not_run.source))) + "): the runs they need are not in "
-                "this folder (ImageNet needs its data set and GPUs); the claims table gives the "
-                "commands.")
-        inconclusive = int((words == "inconclusive").sum())
-        noise = seed_noise(out)
-        if inconclusive:
-            text = f"{_plural(inconclusive, 'claim')} stayed inconclusive: the effects are "
-            if noise:
-                sd, _, n = noise
-                text += (f"small against the seed-to-seed noise (pooled sd of top-1 over Table "
-                         f"4's cells {sd:.2f} points; with {n} seeds an effect needs about "
-                         f"{detectable_effect(n, sd):.2f} points to be resolved).")
-            else:
-                text += "small against the seed-to-seed noise."
-            hard.bullets.append(text)
-    if fid is not None and len(fid):
-        silent = fid[fid.paper.map(lambda p: bool(SILENT.search(p)))]
-        if len(silent):
-            hard.bullets.append("The paper does not say: " + "; ".join(silent.choice) + ".")
-        unpublished = fid[fid.authors_code.str.contains("not public|not in the public code")]
-        if len(unpublished):
-            hard.bullets.append("Not in the authors' public code either (written from the "
-                                "paper's description): " + "; ".join(unpublished.choice) + ".")
-    if not prov.get("comparable_to_paper", False) and prov:
-        hard.bullets.append("The paper's schedules (350 epochs per CIFAR-100 run, 90 per "
-                            "ImageNet run) need GPUs; this profile is shorter, so its numbers "
-                            "are not the paper's.")
-    for part in (easy, hard):
-        if not part.bullets:
-            part.paragraphs.append("Nothing recorded in this folder.")
-    return [scope, method, results, easy, hard]
+        facts["notebooks"] = {"ok": sum(bool(s.get("ok")) for s in notebooks.values()),
+                              "total": len(notebooks),
+                              "minutes": sum(s.get("seconds", 0) for s in notebooks.values())
+                              / 60}
+    noise = seed_noise(out)
+    if noise:
+        sd, _, n = noise
+        facts["noise"] = {"sd": sd, "seeds": n, "detectable": detectable_effect(n, sd)}
+    return facts
 
 
-def _inline(text: str) -> str:
-    """Plain text with `code` spans as HTML."""
-    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+def summary_markdown(results_dir: str | Path, fidelity: str | Path = FIDELITY,
+                     level: int = 1) -> str:
+    """The summary as Markdown: a title at heading ``level``, one heading per part below it."""
+    return TEMPLATES.get_template("summary.md").render(
+        f=summary_facts(results_dir, fidelity), level=level, headings=HEADINGS)
 
 
 def summary_html(results_dir: str | Path, fidelity: str | Path = FIDELITY) -> str:
-    """The summary as an HTML section (an ``h2`` and an ``h3`` per part)."""
-    out = ['<section id="reproducibility-summary"><h2>Reproducibility summary</h2>',
-           '<p class="note">In the form of the ML Reproducibility Challenge, generated from '
-           "this folder's claims table, the fidelity page and the provenance.</p>"]
-    for part in summary_parts(results_dir, fidelity):
-        out.append(f"<h3>{html.escape(part.heading)}</h3>")
-        out.extend(f"<p>{_inline(p)}</p>" for p in part.paragraphs)
-        if part.bullets:
-            out.append("<ul>" + "".join(f"<li>{_inline(b)}</li>" for b in part.bullets)
-                       + "</ul>")
-    out.append("</section>")
-    return "\n".join(out)
+    """The summary as an HTML section (an ``h2`` and an ``h3`` per part); any HTML in a
+    results file is shown as text."""
+    import mistune
 
-
-def summary_markdown(results_dir: str | Path, fidelity: str | Path = FIDELITY) -> str:
-    lines = ["# Reproducibility summary", ""]
-    for part in summary_parts(results_dir, fidelity):
-        lines += [f"## {part.heading}", ""]
-        for p in part.paragraphs:
-            lines += [p, ""]
-        lines += [f"- {b}" for b in part.bullets] + ([""] if part.bullets else [])
-    return "\n".join(lines)
+    markdown = mistune.create_markdown(escape=True)
+    body = markdown(summary_markdown(results_dir, fidelity, level=2))
+    return f'<section id="reproducibility-summary">{body}</section>'

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import platform
 import re
@@ -22,8 +21,10 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
+from .outputs import is_results_folder, run_dir_of
 from .paths import REPO, resolve_path
 from .report import build_report
+from .runs import CorruptFile, read_json, write_json_atomic
 from .study import get_profile, parse_seeds
 
 NOTEBOOKS_DIR = REPO / "notebooks"
@@ -81,6 +82,91 @@ def check_parameters(nb: Path, parameters: dict) -> None:
     if unknown:
         raise ValueError(f"unknown parameter(s) {unknown} for {nb.name}; "
                          f"it takes {sorted(known)}")
+
+
+# The notebooks' parameters that ``study.context`` checks, by its argument names.
+CONTEXT_PARAMETERS = {"RUNS_DIR": "runs_dir", "DATA_DIR": "data_dir", "DEVICE": "device",
+                      "SEEDS": "seeds", "LSQ_INIT": "lsq_init", "REPORTED": "reported",
+                      "PRECISION": "precision"}
+
+
+def check_parameter_values(profile: str, parameters: dict) -> None:
+    """Every parameter value, checked as the notebooks will use it (``study.context``, the
+    device), before the first notebook runs: a bad value stops here, not after notebook 1."""
+    import tempfile
+
+    from .distributed import resolve_device
+    from .study import context
+
+    for name, value in parameters.items():
+        try:
+            if name == "DEVICE":
+                resolve_device(str(value))
+            if name in ("RUNS_DIR", "DATA_DIR") and value not in (None, "None"):
+                path = resolve_path(str(value))
+                blocking = next((p for p in (path, *path.parents)
+                                 if p.exists() and not p.is_dir()), None)
+                if blocking is not None:
+                    raise ValueError(f"{blocking} is a file, not a folder; give a folder (it "
+                                     "need not exist yet)")
+            if name in CONTEXT_PARAMETERS:
+                with tempfile.TemporaryDirectory(prefix="uniq-check-") as tmp:
+                    context(profile, results_dir=tmp, **{CONTEXT_PARAMETERS[name]: value})
+        except ValueError as err:
+            raise ValueError(f"-p {name}={value}: {err}") from None
+
+
+def check_results_folder(out: Path, notebook_dirs: list[Path], chosen: list[Path]) -> None:
+    """``out`` may receive the results: a new or empty folder, or one ``reproduce`` wrote (its
+    provenance or records, or a copy of a notebook it runs, even one torn by a kill); never a
+    run directory, the notebooks' own folder, or a folder of other files."""
+    blocking = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise ValueError(f"--out-dir {out}: {blocking} is a file, not a folder; give a folder")
+    run = run_dir_of(out)
+    if run is not None:
+        raise ValueError(f"--out-dir {out} is inside the run directory {run}, whose files "
+                         "belong to the run; give another folder, e.g. results/<profile>")
+    if any(out.resolve() == folder.resolve() for folder in notebook_dirs):
+        raise ValueError(f"--out-dir {out} is the folder of the notebooks themselves; their "
+                         "executed copies would replace them. Give another folder, e.g. "
+                         "results/<profile>")
+    if out.is_dir() and not is_results_folder(out) and not any(
+            (out / nb.name).is_file() for nb in chosen) and any(
+            not p.name.startswith(".") for p in out.iterdir()):
+        raise ValueError(f"--out-dir {out} holds other files and no results of `python -m uniq "
+                         "reproduce` (no provenance.json, notebooks.json or executed notebooks); "
+                         "give a new or empty folder, or a results folder")
+
+
+def _notebook_records(out: Path) -> dict:
+    """``notebooks.json`` (what each notebook used), for the provenance; a torn one is named
+    there and on stderr rather than stopping the provenance and the report."""
+    path = out / "notebooks.json"
+    try:
+        records = read_json(path, remedy="rerun the notebooks to write it again")
+    except FileNotFoundError:
+        return {}
+    except CorruptFile as err:
+        print(f"[reproduce] warning: {err}", file=sys.stderr, flush=True)
+        return {"error": str(err)}
+    return records if isinstance(records, dict) else {"error": f"{path} is not a JSON object"}
+
+
+def _start_torn_records_afresh(out: Path) -> None:
+    """A torn ``notebooks.json`` (a notebook killed while writing it, before writes were
+    atomic) is removed with a message: the notebooks that run now record into it again."""
+    path = out / "notebooks.json"
+    if not path.exists():
+        return
+    try:
+        if isinstance(read_json(path), dict):
+            return
+    except CorruptFile:
+        pass
+    print(f"[reproduce] {path} is torn or not a JSON object; it is started afresh (the "
+          "notebooks run now record into it again)", file=sys.stderr, flush=True)
+    path.unlink()
 
 
 def _git() -> dict:
@@ -217,6 +303,25 @@ def inline_backend():
             os.environ["MPLBACKEND"] = before
 
 
+def paper_comparison(profile: str, out: Path, params: dict) -> dict:
+    """``comparable_to_paper`` and ``differs_from_paper`` of the runs this reproduction shows
+    (its notebooks' PRECISION, LSQ_INIT and SEEDS included): ``uniq.repro.comparable``'s rule, the
+    one its tables and claims apply."""
+    from .study import context
+
+    def param(name: str, default: object) -> object:
+        value = params.get(name)
+        return default if value in (None, "None", "") else value
+
+    ctx = context(profile, results_dir=str(out), runs_dir=str(param("RUNS_DIR", "runs")),
+                  seeds=param("SEEDS", None), lsq_init=str(param("LSQ_INIT", "lsq")),
+                  precision=str(param("PRECISION", "fp32")))
+    comparable, differs = ctx.comparable()
+    prefix = "differs from the paper's setting: "
+    return {"comparable_to_paper": comparable,
+            "differs_from_paper": [d for d in differs.removeprefix(prefix).split("; ") if d]}
+
+
 def reproduce(profile: str = "smoke", only: list[int] | None = None, keep_going: bool = False,
               out_dir: str | Path | None = None, parameters: dict | None = None,
               notebooks_dir: str | Path | None = None) -> int:
@@ -225,11 +330,15 @@ def reproduce(profile: str = "smoke", only: list[int] | None = None, keep_going:
 
     prof = get_profile(profile)
     out = resolve_path(out_dir or f"results/{profile}")
-    out.mkdir(parents=True, exist_ok=True)
-    chosen = select(notebooks(Path(notebooks_dir) if notebooks_dir else NOTEBOOKS_DIR), only)
+    folder = Path(notebooks_dir) if notebooks_dir else NOTEBOOKS_DIR
+    chosen = select(notebooks(folder), only)
     params = {"PROFILE": profile, "RESULTS_DIR": str(out), **(parameters or {})}
     for nb in chosen:
         check_parameters(nb, params)
+    check_results_folder(out, [folder], chosen)
+    check_parameter_values(profile, parameters or {})
+    out.mkdir(parents=True, exist_ok=True)
+    _start_torn_records_afresh(out)
 
     lock = _lock()
     kernel_manager = quiet_shutdown_kernel_manager()
@@ -262,14 +371,12 @@ def reproduce(profile: str = "smoke", only: list[int] | None = None, keep_going:
 
     for nb in chosen:
         status.setdefault(nb.name, {"ok": False, "skipped": True})
-    notebook_facts = out / "notebooks.json"
     provenance = {
         "profile": profile,
         "profile_settings": prof.__dict__,
         "dataset": prof.dataset,
         "caveat": prof.caveat(),
-        "comparable_to_paper": prof.comparable,
-        "differs_from_paper": prof.paper_differences(),
+        **paper_comparison(profile, out, params),
         "parameters": params,
         "seeds": {"quantized_runs": list(parse_seeds(params["SEEDS"])) if params.get("SEEDS")
                   not in (None, "None", "") else list(prof.seeds), "full_precision_run": 0,
@@ -282,11 +389,10 @@ def reproduce(profile: str = "smoke", only: list[int] | None = None, keep_going:
         "finished": datetime.now(timezone.utc).isoformat(),
         "notebooks": status,
         "failures": failures,
-        "notebook_records": json.loads(notebook_facts.read_text())
-        if notebook_facts.exists() else {},
+        "notebook_records": _notebook_records(out),
         "command": " ".join(sys.argv),
     }
-    (out / "provenance.json").write_text(json.dumps(provenance, indent=2, default=str))
+    write_json_atomic(provenance, out / "provenance.json")
     report_failed = False
     try:
         index = build_report(out, Path(notebooks_dir) if notebooks_dir else NOTEBOOKS_DIR)

@@ -56,16 +56,29 @@ def _tmp(path: Path) -> Path:
     return path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
 
 
-def save_atomic(obj: Any, path: Path) -> None:
+def write_atomic(path: Path, write) -> None:
+    """``write(tmp)``, then ``os.replace(tmp, path)``; the temporary file is removed when either
+    fails (a full disk, a read-only target), so nothing is left beside ``path``."""
+    path = Path(path)
     tmp = _tmp(path)
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 def write_text_atomic(text: str, path: Path) -> None:
-    tmp = _tmp(path)
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: tmp.write_text(text))
+
+
+def write_bytes_atomic(data: bytes, path: Path) -> None:
+    write_atomic(path, lambda tmp: tmp.write_bytes(data))
 
 
 def write_json_atomic(obj: Any, path: Path) -> None:
@@ -77,13 +90,15 @@ def write_csv_atomic(rows: list[dict], path: Path) -> None:
     fields: list[str] = []
     for r in rows:
         fields += [k for k in r if k not in fields]
-    tmp = _tmp(path)
-    with tmp.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        if fields:
-            w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields)
+            if fields:
+                w.writeheader()
+            w.writerows(rows)
+
+    write_atomic(path, write)
 
 
 def read_json(path: Path, remedy: str = "delete the run directory to retrain it") -> Any:

@@ -8,7 +8,6 @@ notebooks or two processes is trained once.
 
 from __future__ import annotations
 
-import json
 import shlex
 import time
 from collections.abc import Iterable
@@ -22,6 +21,7 @@ from .claims import chance_holds, evaluate_claims, per_cell_summary  # noqa: F40
 from .comparable import comparable_to_paper, paper_differences, setting_differences
 from .config import FULL_PRECISION, CifarConfig, ImageNetConfig, as_flags  # noqa: F401 - ImageNetConfig: notebook 7
 from .data import make_loader
+from .export import load_run_batch  # noqa: F401 - notebook 9
 from .figures import DPI, show
 from .paper import (  # noqa: F401 - table1: notebook 2
     PAPER_NAMES,
@@ -35,7 +35,17 @@ from .paper import (  # noqa: F401 - table1: notebook 2
 from .paths import resolve_path
 from .recipes import get_recipe, lr_at  # noqa: F401 - lr_at: notebook 4
 from .repro_summary import seed_noise  # noqa: F401 - notebook 4
-from .runs import Run, finished_runs, older_scheme_run, run_state
+from .runs import (
+    CorruptFile,
+    Run,
+    finished_runs,
+    older_scheme_run,
+    read_json,
+    run_state,
+    write_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
 from .tasks import cifar_splits, demo_config, generated_folder  # noqa: F401 - demo_*: notebook 7
 from .train import fit
 
@@ -64,12 +74,12 @@ class Profile:
 
     @property
     def comparable(self) -> bool:
-        """Decided by ``uniq.repro.comparable`` on this profile's runs (the rule of every table,
-        claim and report)."""
+        """Whether this profile's default runs are in the paper's setting (its caveat). Tables,
+        claims and the report decide on the runs they show (``Context.comparable``)."""
         return not self.paper_differences()
 
     def paper_differences(self, precision: str = "fp32") -> list[str]:
-        """What this profile's runs change from the paper's setting (empty: none)."""
+        """What this profile's default runs change from the paper's setting (empty: none)."""
         out: list[str] = []
         for bits in (2, 1):  # a multi-bit run, and a warm-up run (where the scale shows)
             cfg = CifarConfig(bits=bits, dataset=self.dataset, depth=self.depth,
@@ -80,6 +90,12 @@ class Profile:
                               synthetic_test=self.synthetic_test)
             out += [d for d in paper_differences(cfg) if d not in out]
         return out
+
+    @property
+    def train_images(self) -> int:
+        """Training images per epoch of this profile's runs (CIFAR-100's 50,000, or the
+        generated set's own size)."""
+        return 50_000 if self.dataset == "cifar100" else self.synthetic_train
 
     @property
     def model_name(self) -> str:
@@ -99,8 +115,10 @@ class Profile:
         if self.dataset == "finegrain":
             return (f"LAPTOP PROFILE: generated fine-detail data (20 classes, 16x16 pixels; not "
                     f"CIFAR-100), a ResNet-{self.depth}, {self.epochs}-epoch quantized runs. "
-                    "Bit widths and methods separate here, but these numbers are NOT "
-                    "comparable to the paper's: compare directions, not values.")
+                    "Bit widths far apart separate here; differences between methods are "
+                    f"mostly smaller than {len(self.seeds)} seeds resolve (the summary gives "
+                    "the detectable effect). These numbers and their verdicts are NOT "
+                    "comparable to the paper's.")
         if self.dataset == "synthetic":
             return ("SMOKE PROFILE: generated data (not CIFAR-100), a ResNet-"
                     f"{self.depth} and {self.epochs}-epoch quantized runs. These numbers only "
@@ -210,12 +228,12 @@ class Context:
                     runs_dir=str(self.runs_dir), data_dir=str(self.data_dir),
                     device=self.device, compile=p.compile)
 
-    def comparable(self) -> tuple[bool, str]:
-        """Whether this context's runs are in the paper's setting, and what differs
-        (``uniq.repro.comparable``: the one rule of tables, claims and the report)."""
-        differences = self.profile.paper_differences(self.precision)
-        return (not differences, "differs from the paper's setting: " + "; ".join(differences)
-                if differences else "")
+    def comparable(self, table: int | None = None) -> tuple[bool, str]:
+        """Whether this context's runs (of every table, or of one) are in the paper's
+        setting, and what differs (``uniq.repro.comparable``: the one rule of tables, claims and the
+        report), decided on the runs' own configs: precision, LSQ_INIT and seeds included."""
+        return comparable_to_paper(config(self, e, s) for e in experiments(self, table)
+                                   for s in seeds_of(self, e))
 
     def describe(self) -> str:
         p = self.profile
@@ -443,7 +461,7 @@ def ensure(ctx: Context, keys: Iterable[str], notebook: str = "this notebook") -
     todo = distinct_runs(ctx, keys)
     missing = [(k, s, c) for k, s, c in todo if _state(c) != "done"]
     rate = _seconds_per_image_epoch(ctx)
-    size = ctx.profile.synthetic_train if ctx.profile.dataset == "synthetic" else 50_000
+    size = ctx.profile.train_images
     if missing:
         eta = ""
         if rate is not None:
@@ -721,14 +739,21 @@ def save_table(ctx: Context, df: pd.DataFrame, name: str, title: str,
     df.insert(0, "profile", df.pop("profile") if "profile" in df else ctx.profile.name)
     comparable, differs = ctx.comparable()
     if ("top1" in df or "top1_final" in df) and "comparable_to_paper" not in df:
-        df["comparable_to_paper"] = comparable
+        if "runs" in df:  # decided on each row's own runs
+            verdicts = [comparable_to_paper(r.config for r in runs_named(ctx, str(names).split()))
+                        for names in df["runs"]]
+            df["comparable_to_paper"] = [v[0] for v in verdicts]
+            notes = list(dict.fromkeys(v[1] for v in verdicts if v[1]))
+            comparable, differs = not notes, "; ".join(notes)
+        else:
+            df["comparable_to_paper"] = comparable
         df["precision"] = ctx.precision
     csv = ctx.results_dir / f"{name}.csv"
-    df.to_csv(csv, index=False)
+    write_text_atomic(df.to_csv(index=False), csv)
     caveat = note or ctx.profile.caveat() + (f" ({differs})" if differs else "")
     md = [f"# {title}", "", f"> {caveat}", "",
           df.to_markdown(index=False), ""]
-    (ctx.results_dir / f"{name}.md").write_text("\n".join(md))
+    write_text_atomic("\n".join(md), ctx.results_dir / f"{name}.md")
     return csv
 
 
@@ -743,7 +768,7 @@ def save_figure(ctx: Context, fig, name: str) -> Path:
     (whatever the matplotlib backend: see ``uniq.repro.figures.show``)."""
 
     path = ctx.results_dir / f"{name}.png"
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight"))
     show(fig, path)
     return path
 
@@ -752,11 +777,17 @@ def record(ctx: Context, notebook: str, **facts) -> None:
     """Add what a notebook used (runs, dataset, seeds) to ``notebooks.json`` in the results,
     which the runner folds into provenance.json."""
     path = ctx.results_dir / "notebooks.json"
-    data = json.loads(path.read_text()) if path.exists() else {}
+    try:
+        data = read_json(path) if path.exists() else {}
+    except CorruptFile as err:
+        data = None
+        print(f"warning: {err}; it is started afresh with this notebook's record (the others "
+              "come back when they run again)")
+    data = data if isinstance(data, dict) else {}
     data[notebook] = {"profile": asdict(ctx.profile), "seeds": list(ctx.seeds),
                       "precision": ctx.precision, "lsq_init": ctx.lsq_init,
                       "reported": ctx.reported, **facts}
-    path.write_text(json.dumps(data, indent=2, default=str))
+    write_json_atomic(data, path)
 
 
 # --- Tables 2 and 3 from finished ImageNet runs ------------------------------------------

@@ -12,6 +12,7 @@ calls ``make_data`` and ``make_model``; nothing here calls back into it.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +27,10 @@ from ..models import adaptive_pooling, preact_resnet
 from . import data as D
 from .config import FULL_PRECISION, CifarConfig, ImageNetConfig, RunConfig
 from .distributed import Dist
+from .generated import DATA_SEED
 from .paths import resolve_path
 from .pretrained import load_imagenet_model
 
-DATA_SEED = 0
-"""Seed of the generated data set and of the ``data_fraction`` subset: fixed, not the run's."""
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -108,6 +108,9 @@ def cifar_splits(cfg: CifarConfig) -> tuple[D.ImageData, D.ImageData]:
                            cfg.verify_data)
     test = D.load_dataset(cfg.dataset, False, root, DATA_SEED, size, cfg.download,
                           cfg.verify_data)
+    if cfg.dataset == "cifar100" and cfg.cifar_stats == "exact":  # the authors' statistics
+        exact = dict(mean=D.CIFAR100_EXACT_MEAN, std=D.CIFAR100_EXACT_STD)
+        train, test = dataclasses.replace(train, **exact), dataclasses.replace(test, **exact)
     return train.subset(cfg.data_fraction, DATA_SEED), test
 
 
@@ -206,6 +209,44 @@ class ShardSampler(torch.utils.data.Sampler):
         return len(self.indices)
 
 
+class SeededSamples(torch.utils.data.Dataset):
+    """An ImageFolder whose random transform draws from a seed of its own per sample: the
+    sampler hands out ``(seed, index)`` pairs, so an image's crop and flip depend on the run's
+    seed, the epoch and the image, never on which worker (or how many) loads it."""
+
+    def __init__(self, folder) -> None:
+        self.folder = folder
+
+    def __len__(self) -> int:
+        return len(self.folder)
+
+    def __getitem__(self, item):
+        seed, index = item
+        with torch.random.fork_rng(devices=[]):  # the CPU stream only, restored afterwards
+            torch.default_generator.manual_seed(seed)
+            return self.folder[index]
+
+
+class SeededSampler(torch.utils.data.Sampler):
+    """``(seed, index)`` pairs for :class:`SeededSamples`: the indices of ``base`` (which sets
+    the order), each with a seed from ``(run seed, epoch, index)``."""
+
+    def __init__(self, base, seed: int, stream: int = 0) -> None:
+        self.base, self.seed, self.stream, self.epoch = base, seed, stream, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.base, "set_epoch"):
+            self.base.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __iter__(self):
+        prefix = ((self.seed * 1_000_003 + self.stream) * 1_000_033 + self.epoch) * 2_000_003
+        return (((prefix + int(i)) % (1 << 63), int(i)) for i in self.base)
+
+
 class DeviceLoader:
     """A DataLoader whose batches arrive on the training device; ``set_epoch`` reseeds its
     DistributedSampler."""
@@ -234,11 +275,12 @@ def imagenet_data(cfg: ImageNetConfig, d: Dist) -> TaskData:
     if train_ds.classes != val_ds.classes:
         raise ValueError(f"train/ and val/ under {root} have different class folders")
     per_rank = cfg.batch_size // d.world
-    sampler = DistributedSampler(train_ds, d.world, d.rank, shuffle=True, seed=cfg.seed,
-                                 drop_last=True)
+    sampler = SeededSampler(DistributedSampler(train_ds, d.world, d.rank, shuffle=True,
+                                               seed=cfg.seed, drop_last=True), cfg.seed)
     common = dict(num_workers=cfg.workers, pin_memory=d.device.type == "cuda",
                   persistent_workers=cfg.workers > 0)
-    train = DataLoader(train_ds, per_rank, sampler=sampler, drop_last=True, **common)
+    train = DataLoader(SeededSamples(train_ds), per_rank, sampler=sampler, drop_last=True,
+                       **common)
     val = DataLoader(val_ds, per_rank, sampler=ShardSampler(len(val_ds), d), **common)
     if len(train) == 0:
         raise ValueError(f"{root / 'train'} has fewer images than one batch per process")
@@ -246,8 +288,9 @@ def imagenet_data(cfg: ImageNetConfig, d: Dist) -> TaskData:
     def calibration():
         # Global batches in a seeded order, identical on every rank.
         g = torch.Generator().manual_seed(cfg.seed)
-        loader = DataLoader(train_ds, cfg.batch_size, generator=g, num_workers=cfg.workers,
-                            sampler=RandomSampler(train_ds, generator=g))
+        loader = DataLoader(SeededSamples(train_ds), cfg.batch_size, num_workers=cfg.workers,
+                            sampler=SeededSampler(RandomSampler(train_ds, generator=g),
+                                                  cfg.seed, stream=1))
         return ((x.to(d.device), y) for x, y in loader)
 
     info = {"dataset": "imagenet", "num_classes": len(train_ds.classes),
