@@ -20,7 +20,7 @@ def _imagenet_folder(root, classes):
 
 @pytest.mark.parametrize("profile", ["paper"])
 def test_every_cell_of_the_paper_profile_is_the_papers_setting(tmp_path, profile):
-    ctx = X.context(profile, results_dir=str(tmp_path / "res"))
+    ctx = X.context(profile=profile, results_dir=str(tmp_path / "res"))
     for e in X.experiments(ctx):
         for seed in X.seeds_of(ctx, e):
             assert paper_differences(X.config(ctx, e, seed)) == [], e.key

@@ -14,12 +14,13 @@ from uniq.repro.cli import build_parser, config_from_args
 
 @pytest.mark.parametrize("profile", ["smoke", "laptop", "quick", "paper"])
 def test_a_profile_needs_23_distinct_runs_per_seed(tmp_path, profile):
-    ctx = X.context(profile, results_dir=str(tmp_path / "res"), runs_dir=str(tmp_path),
+    ctx = X.context(profile=profile, results_dir=str(tmp_path / "res"), runs_dir=str(tmp_path),
                     seeds=1)
     rows = X.plan(ctx)
     assert len(rows) == 23 and len({r["run"] for r in rows}) == 23
     assert {r["state"] for r in rows} == {"missing"}
-    assert len(X.plan(X.context(profile, str(tmp_path / "r"), str(tmp_path), seeds=3))) \
+    assert len(X.plan(X.context(profile=profile, results_dir=str(tmp_path / "r"),
+                                runs_dir=str(tmp_path), seeds=3))) \
         == 1 + 22 * 3
     # Figure 3 and 4 runs are cells of Tables 4 and 6; the Table 4 1-bit run is Table 6's
     # "Adam, warm-up 5" row; Table 5's MSE cells are Table 4's UniQ cells
@@ -31,7 +32,8 @@ def test_a_profile_needs_23_distinct_runs_per_seed(tmp_path, profile):
 
 
 def test_each_listed_command_trains_exactly_the_listed_run(tmp_path):
-    ctx = X.context("quick", str(tmp_path / "res"), str(tmp_path), seeds="0,5")
+    ctx = X.context(profile="quick", results_dir=str(tmp_path / "res"),
+                    runs_dir=str(tmp_path), seeds="0,5")
     for row, (_, _, cfg) in zip(X.plan(ctx), X.distinct_runs(ctx), strict=True):
         argv = row["command"].split()[3:]  # after "python -m uniq"
         parsed = config_from_args(build_parser().parse_args(argv))
@@ -39,12 +41,15 @@ def test_each_listed_command_trains_exactly_the_listed_run(tmp_path):
 
 
 def test_lsq_rows_use_lsq_init_by_default_and_mse_on_request(tmp_path):
-    lsq = X.experiment(X.context("paper", str(tmp_path), str(tmp_path)), "t4/lsq/2b")
-    same = X.experiment(X.context("paper", str(tmp_path), str(tmp_path), lsq_init="mse"),
+    lsq = X.experiment(X.context(profile="paper", results_dir=str(tmp_path),
+                                 runs_dir=str(tmp_path)), "t4/lsq/2b")
+    same = X.experiment(X.context(profile="paper", results_dir=str(tmp_path),
+                                  runs_dir=str(tmp_path), lsq_init="mse"),
                         "t4/lsq/2b")
     assert lsq.init == "lsq" and same.init == "mse"
     with pytest.raises(ValueError, match="LSQ_INIT"):
-        X.context("paper", str(tmp_path), str(tmp_path), lsq_init="zero")
+        X.context(profile="paper", results_dir=str(tmp_path),
+                  runs_dir=str(tmp_path), lsq_init="zero")
 
 
 @pytest.mark.parametrize("value,expected", [(3, (0, 1, 2)), ("2", (0, 1)), ("0,4,7", (0, 4, 7)),
@@ -67,7 +72,8 @@ def test_three_workers_given_the_same_list_train_every_run_once(tmp_path, monkey
                      calib_batches=1, warmup_scale=0.1, seeds=(0,), synthetic_train=256,
                      synthetic_test=100, dynamics_per_epoch=1)
     monkeypatch.setitem(X.PROFILES, "tiny", tiny)
-    ctx = X.context("tiny", str(tmp_path / "res"), str(tmp_path / "runs"), device="cpu")
+    ctx = X.context(profile="tiny", results_dir=str(tmp_path / "res"),
+                    runs_dir=str(tmp_path / "runs"), device="cpu")
     rows = X.plan(ctx, ["t4/uniq/2b", "t4/lsq/2b", "t5/2b/init=0.1"])
     assert len(rows) == 4  # the FP parent and three quantized runs
     script = " && ".join(r["command"] for r in rows)
@@ -122,7 +128,8 @@ def _fake_imagenet_run(runs_dir, top1, **kw):
 
 
 def test_imagenet_runs_of_different_epochs_are_not_pooled_nor_comparable(tmp_path):
-    ctx = X.context("paper", str(tmp_path / "res"), str(tmp_path / "runs"))
+    ctx = X.context(profile="paper", results_dir=str(tmp_path / "res"),
+                    runs_dir=str(tmp_path / "runs"))
     runs = tmp_path / "runs"
     data = tmp_path / "imagenet"  # the paper's 1000 classes (the rule counts them)
     for c in range(1000):
@@ -142,7 +149,8 @@ def test_imagenet_runs_of_different_epochs_are_not_pooled_nor_comparable(tmp_pat
 
 
 def test_two_seeds_of_one_imagenet_setting_are_pooled(tmp_path):
-    ctx = X.context("paper", str(tmp_path / "res"), str(tmp_path / "runs"))
+    ctx = X.context(profile="paper", results_dir=str(tmp_path / "res"),
+                    runs_dir=str(tmp_path / "runs"))
     for seed in (0, 1):
         _fake_imagenet_run(tmp_path / "runs", 70.0 + seed, bits=3, seed=seed)
     values, _, incompatible = X.imagenet_measurements(ctx)
@@ -151,7 +159,8 @@ def test_two_seeds_of_one_imagenet_setting_are_pooled(tmp_path):
 
 @pytest.mark.parametrize("profile", sorted(X.PROFILES))
 def test_tables_and_claims_agree_on_comparability(tmp_path, profile):
-    ctx = X.context(profile, str(tmp_path / "res"), str(tmp_path / "runs"))
+    ctx = X.context(profile=profile, results_dir=str(tmp_path / "res"),
+                    runs_dir=str(tmp_path / "runs"))
     comparable, differs = ctx.comparable()
     assert comparable == ctx.profile.comparable == (profile == "paper")
     claims = X.claims_table(ctx)
@@ -198,12 +207,12 @@ def test_the_laptop_profile_resolves_and_auto_picks_by_device(tmp_path, monkeypa
         [source] = ["".join(c["source"]) for c in json.loads(path.read_text())["cells"]
                     if "parameters" in c.get("metadata", {}).get("tags", [])]
         assert 'PROFILE = "auto"     # auto: laptop on a CPU, quick on a GPU' in source, path.name
-    ctx = X.context("laptop", results_dir=str(tmp_path / "res"), runs_dir=str(tmp_path))
+    ctx = X.context(profile="laptop", results_dir=str(tmp_path / "res"), runs_dir=str(tmp_path))
     assert ctx.profile.name == "laptop" and ctx.seeds == (0, 1, 2)
     fp = X.fp_config(ctx)
     assert fp.dataset == "finegrain" and fp.resolved().dataset == "finegrain"
     assert not ctx.profile.comparable and "NOT comparable" in ctx.profile.caveat()
-    smoke = X.context("smoke", results_dir=str(tmp_path / "s"), runs_dir=str(tmp_path))
+    smoke = X.context(profile="smoke", results_dir=str(tmp_path / "s"), runs_dir=str(tmp_path))
     assert X.fp_config(smoke).key() != fp.key()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert X.get_profile("auto").name == "quick"
@@ -219,3 +228,18 @@ def test_one_short_run_on_the_laptop_data(tmp_path, tiny_config):
     r = fit(cfg, quiet=True)
     assert r.result["dataset"] == "finegrain" and r.result["num_classes"] == 20
     assert r.result["eval_size"] == 100 and 0 <= r.result["top1_final"] <= 100
+
+
+def test_context_takes_keywords_or_one_dict_of_the_notebook_parameters(tmp_path):
+    """Every notebook's first cell: keywords, or the parameters cell's names as one dict."""
+    by_keywords = X.context(profile="quick", results_dir=str(tmp_path / "res"),
+                            runs_dir=str(tmp_path), seeds="0,5", lsq_init="mse")
+    by_dict = X.context({"PROFILE": "quick", "RESULTS_DIR": str(tmp_path / "res"),
+                         "RUNS_DIR": str(tmp_path), "SEEDS": "0,5", "LSQ_INIT": "mse"})
+    assert by_keywords == by_dict and by_dict.seeds == (0, 5) and by_dict.lsq_init == "mse"
+    with pytest.raises(TypeError, match="keyword"):
+        X.context("quick")
+    with pytest.raises(TypeError, match="positional"):
+        X.context("quick", str(tmp_path))  # as the notebooks once called it
+    with pytest.raises(ValueError, match="SEED"):
+        X.context({"PROFILE": "quick", "SEED": 3})

@@ -71,7 +71,8 @@ def test_outside_a_notebook_nothing_is_displayed(monkeypatch):
 def test_save_figure_writes_the_file_and_shows_it(shown, tmp_path):
     import uniq.repro.study as E
 
-    ctx = E.context("smoke", results_dir=str(tmp_path / "res"), runs_dir=str(tmp_path / "runs"))
+    ctx = E.context(profile="smoke", results_dir=str(tmp_path / "res"),
+                    runs_dir=str(tmp_path / "runs"))
     before = _state()
     path = E.save_figure(ctx, plots.transfer_curves(bits=2), "quantizers")
     assert path == tmp_path / "res" / "quantizers.png" and path.stat().st_size > 10_000

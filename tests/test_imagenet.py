@@ -17,7 +17,7 @@ from uniq.models import imagenet_model
 from uniq.modules import quantizers
 from uniq.repro.config import ImageNetConfig
 from uniq.repro.pretrained import load_imagenet_model
-from uniq.repro.study import imagenet_tables, policy_summary
+from uniq.repro.study import imagenet_tables
 
 
 def make_image_folder(root: Path, classes=4, train=8, val=2, size=40):
@@ -38,18 +38,27 @@ def small(folder, out, **kw):
 
 
 def test_policy_of_all_three_architectures():
-    p = policy_summary((4, 3, 2, 1)).set_index(["arch", "bits"])
+    """The facts notebook 7 tabulates: layers per bit width after conversion."""
+    from uniq import conversion_report, quantize_model
+    from uniq.models import adaptive_pooling
+
+    def report(arch, bits, granularity):
+        return conversion_report(quantize_model(
+            adaptive_pooling(imagenet_model(arch)), bits, "uniq", granularity,
+            example_input=torch.randn(1, 3, 64, 64)))
+
     for arch, layers, shortcuts in (("preresnet18", 21, 3), ("preresnet34", 37, 3),
                                     ("mobilenetv2_w1", 54, 0)):
-        for bits in (4, 3, 2):
-            row = p.loc[(arch, bits)]
-            assert row.layers == layers and row.at_8 == 2 and row.full_precision == 0
-            assert row.at_bits == layers - 2
-        one = p.loc[(arch, 1)]
-        assert one.full_precision == 2 + shortcuts and one.at_bits == layers - 2 - shortcuts
-    assert (p.loc["mobilenetv2_w1"].granularity == "tensor").all()
-    assert (p.loc["preresnet18"].granularity == "channel").all()
-    assert (p.loc[("mobilenetv2_w1", 2)].signed_inputs) >= 16  # bottleneck outputs + image
+        granularity = ImageNetConfig(arch=arch).default_granularity()
+        assert granularity == ("tensor" if arch == "mobilenetv2_w1" else "channel")
+        for bits in (4, 3, 2, 1):
+            r = report(arch, bits, granularity)
+            full = int((r.weight_bits == 32).sum())
+            assert len(r) == layers and int((r.weight_bits == 8).sum()) == (bits > 1) * 2
+            assert full == (0 if bits > 1 else 2 + shortcuts)
+            assert int((r.weight_bits == bits).sum()) == layers - 2 - (bits == 1) * shortcuts
+            if arch == "mobilenetv2_w1" and bits == 2:
+                assert int(r.signed_input.fillna(False).sum()) >= 16  # bottleneck outputs + image
 
 
 def test_pretrained_weights_from_a_local_file(tmp_path):

@@ -94,7 +94,7 @@ def test_jobs_count_and_errors(tmp_path, tiny_config):
         unfixed = [tiny_config(tmp_path, bits=2, epochs=1, seed=s) for s in range(4)]
         assert J.resolve_jobs("auto", unfixed) == 1  # every core for each: one at a time
     assert J.resolve_jobs(8, runs[:3]) == 3 and J.resolve_jobs("auto", []) == 0
-    assert X.context("laptop", results_dir=str(tmp_path), jobs="2").jobs == 2
+    assert X.context(profile="laptop", results_dir=str(tmp_path), jobs="2").jobs == 2
 
 
 def test_a_bad_jobs_value_is_one_line_before_any_work(tmp_path, capsys):
@@ -126,7 +126,7 @@ def test_the_slurm_script_submits_one_array_per_level_parents_first(tmp_path, ca
     assert main(["runs", "--profile", "smoke", "--seeds", "1", "--runs-dir", runs,
                  "--slurm"]) == 0
     script = capsys.readouterr().out
-    ctx = X.context("smoke", results_dir=str(tmp_path / "res"), runs_dir=runs, seeds=1)
+    ctx = X.context(profile="smoke", results_dir=str(tmp_path / "res"), runs_dir=runs, seeds=1)
     commands = {r["command"].removeprefix("python -m uniq ") for r in X.plan(ctx)}
     levels = slurm_levels(script)
     assert len(levels) == 2

@@ -14,7 +14,6 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from uniq.repro.report import beside_the_paper, build_report  # noqa: E402
-from uniq.repro.study import column_guide  # noqa: E402
 
 
 class Links(HTMLParser):
@@ -161,26 +160,9 @@ def test_paper_columns_sit_beside_the_reproduced_ones():
                                           "step_w", "step_w_paper", "sqnr_w_db"]
 
 
-def test_column_guide_explains_only_the_columns_a_table_has():
-    guide = column_guide(pd.DataFrame(columns=["top1", "paper_top1", "diff", "bits"]))
-    assert "`top1`" in guide and "`diff`" in guide and "comparable_to_paper" not in guide
-
-
 def test_a_missing_results_folder_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="reproduce"):
         build_report(tmp_path / "nothing")
-
-
-def test_reading_guides_follow_the_profile():
-    from uniq.repro.study import PROFILES, describe_setting, how_to_compare, model_and_data
-
-    smoke, quick, paper = PROFILES["smoke"], PROFILES["quick"], PROFILES["paper"]
-    assert model_and_data(smoke) == f"ResNet-{smoke.depth} on generated data"
-    assert model_and_data(paper) == "ResNet-32 on CIFAR-100"
-    assert f"{smoke.synthetic_train:,} training images" in describe_setting(smoke)
-    assert "not the numbers" in how_to_compare(smoke)
-    assert f"{quick.epochs} epochs per quantized run" in how_to_compare(quick)
-    assert "the paper's setting" in how_to_compare(paper)
 
 
 def test_figures_draw_without_warnings_and_titles_say_what_ran(recwarn):

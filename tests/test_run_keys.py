@@ -52,7 +52,7 @@ COMMANDS = {
 
 
 def _profile_keys(profile: str, tmp: Path) -> dict[str, str]:
-    ctx = X.context(profile, results_dir=str(tmp / "res"), runs_dir=str(tmp / "runs"))
+    ctx = X.context(profile=profile, results_dir=str(tmp / "res"), runs_dir=str(tmp / "runs"))
     return {f"{r['experiment']} seed {r['seed']}": r["run"] for r in X.plan(ctx)}
 
 
@@ -298,7 +298,8 @@ def test_table5_init_scope(scope, last_keeps_mse):
 
 
 def test_runs_lists_an_old_scheme_run_as_such(tmp_path):
-    ctx = X.context("smoke", results_dir=str(tmp_path / "res"), runs_dir=str(tmp_path / "runs"))
+    ctx = X.context(profile="smoke", results_dir=str(tmp_path / "res"),
+                    runs_dir=str(tmp_path / "runs"))
     fp = X.fp_config(ctx)
     _old_scheme_dir(fp)
     states = {r["experiment"]: r["state"] for r in X.plan(ctx) if r["seed"] == 0}

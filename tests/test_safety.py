@@ -423,7 +423,7 @@ def test_a_failed_replace_leaves_no_temporary_file(tmp_path, monkeypatch):
 def test_a_torn_notebook_record_is_started_afresh_and_named(tmp_path, capsys):
     from uniq.repro.study import context, record
 
-    ctx = context("smoke", results_dir=str(tmp_path))
+    ctx = context(profile="smoke", results_dir=str(tmp_path))
     (tmp_path / "notebooks.json").write_text('{"01_quantizers": {"seeds": [0')
     record(ctx, "02_mse_init", samples=3)
     assert "notebooks.json" in capsys.readouterr().out
@@ -456,8 +456,9 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import uniq.repro.study as E
 
-ctx = E.context(PROFILE, RESULTS_DIR, RUNS_DIR, DATA_DIR, DEVICE, SEEDS, LSQ_INIT, REPORTED,
-                PRECISION)
+ctx = E.context(profile=PROFILE, results_dir=RESULTS_DIR, runs_dir=RUNS_DIR, data_dir=DATA_DIR,
+                device=DEVICE, seeds=SEEDS, lsq_init=LSQ_INIT, reported=REPORTED,
+                precision=PRECISION)
 n = {n}
 E.save_table(ctx, pd.DataFrame({{"bits": list(range(1, n + 1)), "value": [b * 0.5 for b in
              range(1, n + 1)]}}), "mse_kill{n}", "Table {n}")

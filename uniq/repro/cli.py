@@ -174,7 +174,7 @@ def cmd_runs(a: argparse.Namespace) -> int:
         if path.exists() and not path.is_dir():
             raise ValueError(f"{flag} {folder}: {path} is a file, not a folder; give a folder "
                              "(it need not exist yet)")
-    ctx = context(a.profile, runs_dir=a.runs_dir, data_dir=a.data_dir, device=a.device,
+    ctx = context(profile=a.profile, runs_dir=a.runs_dir, data_dir=a.data_dir, device=a.device,
                   seeds=parse_seeds(a.seeds) if a.seeds else None, jobs=a.jobs)
     if a.slurm or a.train:
         configs = [cfg for _, _, cfg in distinct_runs(ctx)]

@@ -111,7 +111,7 @@ def check_parameter_values(profile: str, parameters: dict) -> None:
                                      "need not exist yet)")
             if name in CONTEXT_PARAMETERS:
                 with tempfile.TemporaryDirectory(prefix="uniq-check-") as tmp:
-                    context(profile, results_dir=tmp, **{CONTEXT_PARAMETERS[name]: value})
+                    context(profile=profile, results_dir=tmp, **{CONTEXT_PARAMETERS[name]: value})
         except ValueError as err:
             raise ValueError(f"-p {name}={value}: {err}") from None
 
@@ -313,7 +313,7 @@ def paper_comparison(profile: str, out: Path, params: dict) -> dict:
         value = params.get(name)
         return default if value in (None, "None", "") else value
 
-    ctx = context(profile, results_dir=str(out), runs_dir=str(param("RUNS_DIR", "runs")),
+    ctx = context(profile=profile, results_dir=str(out), runs_dir=str(param("RUNS_DIR", "runs")),
                   seeds=param("SEEDS", None), lsq_init=str(param("LSQ_INIT", "lsq")),
                   precision=str(param("PRECISION", "fp32")))
     comparable, differs = ctx.comparable()

@@ -16,14 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
-from ..convert import conversion_report, quantize_model
-from ..models import IMAGENET_MODELS, adaptive_pooling, imagenet_model
-from ..modules import quantizers
 from .claims import chance_holds, evaluate_claims, per_cell_summary  # noqa: F401 - chance_holds: notebook 8
 from .comparable import comparable_to_paper, paper_differences, setting_differences
-from .config import FULL_PRECISION, CifarConfig, ImageNetConfig
+from .config import FULL_PRECISION, CifarConfig, ImageNetConfig  # noqa: F401 - ImageNetConfig: notebook 7
+from .data import make_loader
 from .export import load_run_batch  # noqa: F401 - notebook 9
 from .figures import DPI, show
 from .jobs import parse_jobs, resolve_jobs, run_args, train_all
@@ -50,7 +47,7 @@ from .runs import (
     write_json_atomic,
     write_text_atomic,
 )
-from .tasks import cifar_splits, demo_config, generated_folder
+from .tasks import cifar_splits, demo_config, generated_folder  # noqa: F401 - demo_*: notebook 7
 from .train import fit
 
 PAPER_EPOCHS = 350
@@ -252,13 +249,26 @@ class Context:
                 f"per quantized run, seeds {list(self.seeds)}, {self.precision}")
 
 
-def context(profile: str = "smoke", results_dir: str | None = None, runs_dir: str = "runs",
-            data_dir: str = "data", device: str = "auto", seeds: object = None,
-            lsq_init: str = "lsq", reported: str = "top1_final",
-            precision: str = "fp32", jobs: object = 1) -> Context:
-    """Resolve a notebook's parameters. Relative paths are taken from the project root (see
-    ``uniq.repro.paths``), so a notebook gives the same answer from JupyterLab and from
-    papermill."""
+def context(parameters: dict | None = None, /, *, profile: str = "smoke",
+            results_dir: str | None = None, runs_dir: str = "runs", data_dir: str = "data",
+            device: str = "auto", seeds: object = None, lsq_init: str = "lsq",
+            reported: str = "top1_final", precision: str = "fp32", jobs: object = 1) -> Context:
+    """Resolve a notebook's parameters, given as keywords (``profile="laptop"``) or as one dict
+    of the parameters cell's names (``{"PROFILE": "laptop", "SEEDS": 3}``, case-insensitive).
+    Relative paths are taken from the project root (see ``uniq.repro.paths``), so a notebook gives
+    the same answer from JupyterLab and from papermill."""
+    if parameters is not None and not isinstance(parameters, dict):
+        raise TypeError(f"context takes keyword arguments (profile={parameters!r}, ...) or one "
+                        "dict of parameters")
+    if parameters is not None:
+        known = {"profile", "results_dir", "runs_dir", "data_dir", "device", "seeds",
+                 "lsq_init", "reported", "precision", "jobs"}
+        given = {str(k).lower(): v for k, v in parameters.items()}
+        unknown = sorted(str(k) for k in parameters if str(k).lower() not in known)
+        if unknown:
+            raise ValueError(f"unknown notebook parameter(s) {', '.join(unknown)}; "
+                             f"known: {', '.join(sorted(known))}")
+        return context(**given)
     prof = get_profile(profile)
     profile = prof.name  # "auto" resolved
     if lsq_init not in ("lsq", "mse"):
@@ -367,6 +377,14 @@ def runs_named(ctx: Context, names: Iterable[str]) -> list[Run]:
 def test_images(ctx: Context):
     """The full-precision run's test split, as stored (uint8, before normalisation)."""
     return cifar_splits(fp_config(ctx))[1]
+
+
+def train_batches(ctx: Context, seed: int = 0):
+    """The profile's training batches, normalised and augmented as ``fit`` feeds them to the
+    quantized runs (on the CPU): for training a network by hand in a notebook."""
+    cfg = fp_config(ctx)
+    return make_loader(cifar_splits(cfg)[0], cfg.batch_size, True, "cpu", cfg.loader, seed,
+                       cfg.workers)
 
 
 def quant_config(ctx: Context, bits: int, method: str = "uniq", init: str | float | None = None,
@@ -657,35 +675,6 @@ def measurements(ctx: Context, train: bool = False) -> tuple[pd.DataFrame, dict]
     return pd.DataFrame(rows, columns=cols), missing
 
 
-def imagenet_demo(ctx: Context) -> pd.DataFrame:
-    """The ImageNet path offline: each architecture converted, calibrated and trained for one
-    epoch on a generated ImageFolder through the real loaders and engine, and the 1-bit
-    ResNet-18 started from the 2-bit one (weights only, steps re-initialised). One row per run
-    with the number of weight levels its 1-bit layers really have."""
-
-    # Its own folders: demonstration runs on generated images never enter Tables 2-3.
-    demo = ctx.runs_dir / "imagenet-demo"
-    data = generated_folder(demo / "data")
-    rows = []
-    for arch, bits in (("preresnet18", 2), ("preresnet18", 1), ("preresnet34", 2),
-                       ("mobilenetv2_w1", 2)):
-        cfg = demo_config(arch, bits, data, demo, device=ctx.device)
-        t0 = time.time()
-        r = fit(cfg, quiet=True)
-        model = r.model()
-        levels = [int(q(model.get_submodule(n.rsplit(".", 1)[0]).weight).detach()
-                      .reshape(q.step.shape[0] if q.step.dim() else 1, -1)[0].unique().numel())
-                  for n, q in quantizers(model) if n.endswith("weight_quantizer") and q.bits == 1]
-        resolved = cfg.resolved()
-        rows.append({"arch": arch, "bits": bits, "recipe": resolved.recipe,
-                     "starts_from": "the 2-bit run" if resolved.init_from else "random weights",
-                     "steps": r.result["steps"], "train_loss": round(r.result[
-                         "train_loss_final"], 3), "weight_levels_1bit_layers":
-                     sorted(set(levels)) if levels else "-",
-                     "seconds": round(time.time() - t0, 1), "data": "generated", "run": r.dir.name})
-    return pd.DataFrame(rows)
-
-
 def unmoved(values: pd.DataFrame) -> dict[tuple[str, str], tuple[str, str]]:
     """Figure 3's experiments whose weights barely left their FP start (mean ``weight_moved``
     below :data:`MIN_MOVED`): a skewness claim on them cannot be decided."""
@@ -777,6 +766,12 @@ def save_table(ctx: Context, df: pd.DataFrame, name: str, title: str,
     return csv
 
 
+def load_table(ctx: Context, name: str) -> pd.DataFrame | None:
+    """A table an earlier notebook wrote with :func:`save_table` (None if it has not run)."""
+    path = ctx.results_dir / f"{name}.csv"
+    return pd.read_csv(path) if path.exists() else None
+
+
 def save_figure(ctx: Context, fig, name: str) -> Path:
     """Write ``<name>.png`` into the results and show that same image once in the notebook
     (whatever the matplotlib backend: see ``uniq.repro.figures.show``)."""
@@ -802,76 +797,6 @@ def record(ctx: Context, notebook: str, **facts) -> None:
                       "precision": ctx.precision, "lsq_init": ctx.lsq_init,
                       "reported": ctx.reported, **facts}
     write_json_atomic(data, path)
-
-
-def _settings(df: pd.DataFrame, columns: list[str]) -> pd.Series:
-    return df[columns].astype(str).agg(", ".join, axis=1)
-
-
-def summary_table(ctx: Context) -> pd.DataFrame:
-    """Every reproduced number found in the results folder, beside the paper's value."""
-    parts = []
-    t1_path = ctx.results_dir / "table1.csv"
-    if t1_path.exists():
-        t1 = pd.read_csv(t1_path)
-        t1 = t1[t1.bits <= 4]
-        for col, what in (("step_w", "weight step"), ("sqnr_w_db", "weight SQNR dB"),
-                          ("step_a", "activation step"), ("sqnr_a_db", "activation SQNR dB")):
-            parts.append(pd.DataFrame({"table": 1, "setting": what + ", " + t1.bits.astype(str)
-                                       + " bit", "value": t1[col], "paper": t1[col + "_paper"],
-                                       "dataset": "analytic"}))
-    layouts = {2: ["model", "method", "bits"], 3: ["model", "method"],
-               4: ["method", "bits"], 5: ["bits", "init"], 6: ["optimizer", "schedule", "lr"]}
-    for table, cols in layouts.items():
-        path = ctx.results_dir / f"table{table}.csv"
-        if not path.exists():
-            continue
-        t = pd.read_csv(path)
-        value = ctx.reported if ctx.reported in t else "top1"
-        t = t[t[value].notna()] if value in t else t.iloc[0:0]
-        if t.empty:
-            continue
-        parts.append(pd.DataFrame({"table": table, "setting": _settings(t, cols),
-                                   "value": t[value], "paper": t.paper_top1,
-                                   "dataset": t.dataset}))
-    if not parts:
-        raise FileNotFoundError(f"no tables in {ctx.results_dir}; run notebooks 2-7 first")
-    out = pd.concat(parts, ignore_index=True)
-    out["diff"] = (out.value - out.paper).round(3)
-    out["profile"] = ctx.profile.name
-    return out
-
-
-def reproduced_imagenet(ctx: Context, model: str) -> pd.DataFrame:
-    """UniQ rows of the reproduced Table 2 for one model (empty when none were run)."""
-    path = ctx.results_dir / "table2.csv"
-    if not path.exists():
-        return pd.DataFrame(columns=["bits", "top1"])
-    t = pd.read_csv(path)
-    col = ctx.reported if ctx.reported in t else "top1"
-    t = t[(t.model == model) & (t.method == "UniQ") & t[col].notna()]
-    return t[["bits", col]].rename(columns={col: "top1"})
-
-
-# --- notebook 7: the conversion policy of the ImageNet models, offline -----------------------
-
-
-def policy_summary(bits_list=(4, 3, 2, 1)) -> pd.DataFrame:
-    """For each architecture and bit width: how many layers get which weight bits."""
-    rows = []
-    for arch in IMAGENET_MODELS:
-        base = adaptive_pooling(imagenet_model(arch))
-        granularity = ImageNetConfig(arch=arch).default_granularity()
-        for bits in bits_list:
-            r = conversion_report(quantize_model(base, bits, "uniq", granularity,
-                                                 example_input=torch.randn(1, 3, 64, 64)))
-            rows.append({"arch": arch, "bits": bits, "layers": len(r),
-                         "at_bits": int((r.weight_bits == bits).sum()),
-                         "at_8": int(((r.weight_bits == 8) & (bits != 8)).sum()),
-                         "full_precision": int((r.weight_bits == FULL_PRECISION).sum()),
-                         "signed_inputs": int(r.signed_input.fillna(False).sum()),
-                         "granularity": granularity})
-    return pd.DataFrame(rows)
 
 
 # --- Tables 2 and 3 from finished ImageNet runs ------------------------------------------
@@ -924,106 +849,3 @@ def imagenet_tables(runs_dir: str | Path = "runs", reported: str = "top1_final"
         t["dataset"] = "imagenet"
         out.append(t.reset_index(drop=True))
     return out[0], out[1]
-
-
-# --- reading guides: what the notebooks print under their tables and figures -----------------
-
-
-def describe_setting(profile: Profile) -> str:
-    """What a profile trains, in words: model, data set and schedule."""
-    data = {"synthetic": f"generated data ({profile.synthetic_train:,} training images)",
-            "finegrain": f"generated fine-detail data ({profile.synthetic_train:,} training "
-                         "images of 16x16 pixels, 20 classes)"}.get(profile.dataset, "CIFAR-100")
-    return (f"a ResNet-{profile.depth} on {data}, {profile.fp_epochs} full-precision epochs and "
-            f"{profile.epochs} epoch{'s' if profile.epochs != 1 else ''} per quantized run")
-
-
-def model_and_data(profile: Profile) -> str:
-    """Short form for titles: ``ResNet-32 on CIFAR-100`` or ``ResNet-8 on generated data``."""
-    data = {"synthetic": "generated data", "finegrain": "generated fine-detail data"}.get(
-        profile.dataset, "CIFAR-100")
-    return f"ResNet-{profile.depth} on {data}"
-
-
-def how_to_compare(profile: Profile) -> str:
-    """What a reader may compare with the paper in this profile."""
-    if profile.dataset == "synthetic":
-        return (f"This run is {describe_setting(profile)}: it shows that every step works, "
-                "not what the paper measured. Compare directions and shapes, not the numbers, "
-                "and expect even the directions to be noisy: a run this short changes the "
-                "network little.")
-    if profile.dataset == "finegrain":
-        return (f"This run is {describe_setting(profile)}: a task small enough for a laptop "
-                "and hard enough that bit width matters, not CIFAR-100. Compare directions "
-                "(which rows are ahead, and whether the interval excludes zero) with the "
-                "paper's, not the values.")
-    if not profile.comparable:
-        return (f"This run is {describe_setting(profile)} instead of 350: expect every number "
-                "below the paper's, and compare the ordering of the rows with the paper's.")
-    return (f"This run is {describe_setting(profile)}: the paper's setting. Differences of a "
-            "few tenths of a point are run-to-run noise (the paper reports one run each).")
-
-
-def about_the_data(profile: Profile) -> str:
-    """Markdown for notebook 3: what this profile's data are and why."""
-    if profile.dataset == "finegrain":
-        return (
-            "**The data (laptop profile).** No real image set small enough for a laptop ships "
-            "offline with this project's dependencies, so the images are generated "
-            "(`uniq.repro.data.finegrain`, the same for every seed): 20 classes in 10 pairs, "
-            f"{profile.synthetic_train:,} training and {profile.synthetic_test:,} test images "
-            "of 16x16 pixels. The two classes of a pair share a smooth colour template and "
-            "differ only in a fine pattern of 2x2-pixel cells, under strong pixel noise, "
-            "random shifts and contrast. Colour tells the pair; only the fine pattern tells "
-            "the class, and fine detail is what coarse quantization loses, so the bit width "
-            "shows in the accuracy.\n\n"
-            "**How the profile was chosen.** Its size (images, batch, epochs, seeds) was tuned "
-            "on these things only: full-precision top-1 between 60% and 90% (neither saturated "
-            "nor chance), the seed-to-seed standard deviation of top-1 (pooled over Table 4's "
-            "cells; notebook 4 prints it), how far training moves the 2-bit weights from their "
-            "full-precision start (notebook 4), how far Figure 4's steps move, and time (all "
-            "nine notebooks in at most 20 minutes on 2 CPU cores). It was fixed before any "
-            "claim's verdict was looked at, so that it can show an effect, never to make a "
-            "claim hold.")
-    if profile.dataset == "synthetic":
-        return ("**The data (smoke profile).** Generated stand-ins for CIFAR-100 "
-                f"(`uniq.repro.data.synthetic_cifar`): {profile.synthetic_train:,} training images "
-                "of "
-                "100 smooth colour templates under noise. The profile exists to run every step "
-                "in minutes; its numbers show that the pipeline works, not the paper's effects.")
-    return ("**The data.** CIFAR-100: 50,000 training and 10,000 test images of 32x32 pixels "
-            "in 100 classes, read from `data/` (checked against the official checksums).")
-
-
-COLUMN_MEANINGS = {
-    "experiment": "the cell's key (the claims file names cells by it)",
-    "n": "how many seeds the cell has (one run per seed)",
-    "top1": "the reproduced top-1 accuracy (%), the mean over seeds of the accuracy `diff` "
-            "compares",
-    "top1_final": "top-1 (%) after the last epoch, mean over seeds",
-    "top1_final_sd": "its standard deviation over seeds (empty with one seed)",
-    "top1_best": "the best top-1 (%) over all epochs, mean over seeds: what the authors' code "
-                 "reports (an optimistic choice: it picks the epoch by the test set)",
-    "top1_best_sd": "its standard deviation over seeds",
-    "paper_top1": "the number printed in the paper for the same setting (empty where the paper "
-                  "has none)",
-    "diff": "reproduced minus paper, in points; negative means below the paper",
-    "diff_ci_low": "lower end of the 95% confidence interval of `diff` over seeds (empty with "
-                   "one seed)",
-    "diff_ci_high": "upper end of that interval: if it lies below 0, the cell is below the "
-                    "paper beyond seed noise",
-    "diff_uses": "which accuracy `diff` compares (`top1_final` unless REPORTED=top1_best)",
-    "comparable_to_paper": "True only when the profile is the paper's setting (real CIFAR-100, "
-                           "ResNet-32, 350 epochs); otherwise `diff` is not a verdict",
-    "run": "the folder under `runs/` with the run's config, metrics and checkpoint",
-    "runs": "the run folders (one per seed) under `runs/cifar/`",
-    "precision": "the arithmetic the runs used (fp32 is the paper's)",
-    "dataset": "the data the run actually used",
-    "profile": "the reproduction profile that produced the row",
-}
-
-
-def column_guide(df: pd.DataFrame) -> str:
-    """Markdown: what each result column of ``df`` means (only the columns it has)."""
-    lines = [f"- `{c}`: {COLUMN_MEANINGS[c]}" for c in COLUMN_MEANINGS if c in df.columns]
-    return "**The columns.**\n" + "\n".join(lines)
