@@ -346,7 +346,7 @@ def test_plot_claims_without_warnings(tmp_path):
         for seed in range(2 if k != "t4/lsq/4b" else 1):
             for metric in ("top1_final", "weight_skew_change:A", "weight_skew_change:B",
                            "weight_abs_skew_change:A", "weight_abs_skew_change:B",
-                           "sqnr_gap_early"):
+                           "sqnr_gap_after_warmup"):
                 rows.append({"experiment": k, "seed": seed, "metric": metric,
                              "value": rng.normal(0, 1)})
     missing = {k: [f"train {k}"] for k in keys if k.startswith("t2/")}
