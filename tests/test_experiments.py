@@ -18,17 +18,21 @@ def test_a_profile_needs_23_distinct_runs_per_seed(tmp_path, profile):
     ctx = X.context(profile, results_dir=str(tmp_path / "res"), runs_dir=str(tmp_path),
                     seeds=1)
     rows = X.plan(ctx)
-    assert len(rows) == 23 and len({r["run"] for r in rows}) == 23
+    own = 4 if profile == "laptop" else 0  # the laptop trains Figure 4's runs itself, one seed
+    assert len(rows) == 23 + own and len({r["run"] for r in rows}) == 23 + own
     assert {r["state"] for r in rows} == {"missing"}
     assert len(X.plan(X.context(profile, str(tmp_path / "r"), str(tmp_path), seeds=3))) \
-        == 1 + 22 * 3
-    # Figure 3 and 4 runs are cells of Tables 4 and 6; the Table 4 1-bit run is Table 6's
-    # "Adam, warm-up 5" row; Table 5's MSE cells are Table 4's UniQ cells
+        == 1 + 22 * 3 + own
+    # Figure 3 runs are cells of Table 4, and Figure 4's (but the laptop's) of Tables 4 and 6;
+    # the Table 4 1-bit run is Table 6's "Adam, warm-up 5" row; Table 5's MSE cells are Table
+    # 4's UniQ cells
     keys = {e.key: X.config(ctx, e).key() for e in X.experiments(ctx)}
+    for key, cell, _ in X.FIGURE4:
+        assert (keys[key] == keys[cell]) == (profile != "laptop")
     assert keys["t4/uniq/1b"] == keys["t6/adam-warmup5"]
     assert keys["t5/2b/init=mse"] == keys["t4/uniq/2b"]
     assert keys["t5/3b/init=mse"] == keys["t4/uniq/3b"]
-    assert len(set(keys.values())) == 23
+    assert len(set(keys.values())) == 23 + own
 
 
 def test_each_listed_command_trains_exactly_the_listed_run(tmp_path):

@@ -313,7 +313,7 @@ def test_the_fidelity_page_matches_the_code():
     assert named and named <= known, sorted(named - known)
     assert f"now {CF.KEY_SCHEME})" in page
     assert f"moved less than {100 * X.MIN_MOVED:g}%" in page
-    assert X.FIGURE4_EARLY == 30 / 350 and "first 30/350" in page
+    assert (X.FIGURE4_EPOCHS, X.FIGURE4_WARMUP) == (30, 5) and "in (5s, 30s]" in page
     for name in CF.PLACEMENT:
         assert name in ("device", "channels_last", "runs_dir", "data_dir", "workers",
                         "log_every", "stop_after", "wait", "download", "verify_data")
