@@ -6,7 +6,7 @@
 For each network: random weights with non-trivial BatchNorm statistics, converted to UniQ at
 ``--bits`` (the paper's layer policy: first and last layers at 8 bits) and calibrated on random
 images. The full-precision network is exported with ``torch.onnx.export`` (float32), the
-quantized one with ``uniq.export.export_onnx(..., integer=True)`` (and ``--qdq``: the QDQ
+quantized one with ``uniq.deploy.export_onnx(..., integer=True)`` (and ``--qdq``: the QDQ
 graph). Before timing, the integer graph is checked against PyTorch (forced codes, logits,
 top-1) and onnxruntime's optimised graph is searched for an integer kernel per quantized
 layer. Timings: median of ``--repeats`` interleaved runs per graph, the same intra-op threads
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from uniq import export as X
-from uniq.export import latency as L
+from uniq import deploy as X
+from uniq.deploy import latency as L
 
 
 def checked(model, path, size: int) -> bool:

@@ -5,7 +5,7 @@
     python benchmarks/train_step.py --device cuda --modes eager,default,reduce-overhead \\
         --precisions fp32,bf16 --out benchmarks/results/<gpu>/train_step.json
 
-Each measurement builds the real engine objects (``uniq.train.prepare``: device-resident
+Each measurement builds the real engine objects (``uniq.repro.train.prepare``: device-resident
 loader with on-device crop/flip, the model, calibration, fused optimizer and channels_last on
 CUDA) and runs the step as training does (``value_checks(False)``). The full-precision and the
 quantized step are timed alternately, one step each, after warm-up steps (compilation happens
@@ -24,14 +24,18 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from oracle import reference_quantize  # noqa: E402 - the tests' oracle, timed against FakeQuantize
+
 from uniq import functional as QF
-from uniq.doctor import time_pair
 from uniq.modules import quantizers
+from uniq.repro.doctor import time_pair
 
 
 def _sync(device: str) -> None:
@@ -93,7 +97,7 @@ def quantizer_table(model: torch.nn.Module, sample: torch.Tensor, repeats: int =
         g = torch.randn_like(x0)
         row = {"quantizer": name, "shape": list(shapes[name])}
         for label, fn in (("fused_ms", QF.FakeQuantize.apply),
-                          ("composite_ms", QF.reference_quantize)):
+                          ("composite_ms", reference_quantize)):
             ts = []
             for _ in range(repeats):
                 x = x0.clone().requires_grad_(True)
@@ -134,7 +138,7 @@ def main() -> None:
     print(" ".join(f"{k}={v}" for k, v in env.items() if v != ""))
     print(f"{'mode':<16}{'precision':>10}{'fp ms/step':>12}{'uniq ms/step':>14}{'uniq/fp':>9}")
     rows, profile = [], {}
-    with QF.value_checks(False):  # as uniq.train.fit trains
+    with QF.value_checks(False):  # as uniq.repro.train.fit trains
         for mode in a.modes.split(","):
             for precision in a.precisions.split(","):
                 warmup = a.warmup or (3 if mode == "eager" else 30)

@@ -13,7 +13,7 @@ TINY = dict(dataset="synthetic", synthetic_train=512, synthetic_test=200, depth=
 
 
 def tiny(tmp_path, **kw):
-    from uniq.config import CifarConfig
+    from uniq.repro.config import CifarConfig
 
     return CifarConfig(**{**TINY, "runs_dir": str(tmp_path / "runs"), **kw})
 

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from uniq import claims as C
-from uniq.figures import plot_claims
+from uniq.repro import claims as C
+from uniq.repro.figures import plot_claims
 
 HEADER = "id,source,statement,metric,a,b,direction,margin,paper_effect,comparable_profiles"
 

@@ -192,7 +192,7 @@ def test_torchvision_resnet_binary_policy():
 
 def test_bfloat16_autocast_training_step_on_cpu():
     from uniq.models import preact_resnet
-    from uniq.train import train_step
+    from uniq.repro.train import train_step
 
     torch.manual_seed(0)
     q = uniq.calibrate(uniq.quantize_model(preact_resnet(8), 2), [torch.randn(8, 3, 32, 32)], 1)
@@ -229,7 +229,7 @@ def mobilenetv2_small():
     from uniq.models import imagenet_model
 
     torch.manual_seed(0)
-    model = imagenet_model("mobilenetv2_w1", False)
+    model = imagenet_model("mobilenetv2_w1")
     model.features.final_pool = nn.AdaptiveAvgPool2d(1)
     return model
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from uniq import data as D
+from uniq.repro import data as D
 
 
 def write_fake_cifar100(root, n_train=20, n_test=10, seed=0, protocol=pickle.DEFAULT_PROTOCOL):

@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from uniq.__main__ import main
-from uniq.doctor import GROUPS
+from uniq.repro.cli import main
+from uniq.repro.doctor import GROUPS
 
 
 def _run(tmp_path, capsys, *args):
@@ -34,7 +34,7 @@ def test_versions_devices_and_tf32_on_the_cpu(tmp_path, capsys):
     rows = _check_structure(printed, report)
     assert code == 0 and report["summary"]["fail"] == 0
     assert rows[("versions", "python, torch")]["data"]["torch"] == torch.__version__
-    # what uniq.train.set_precision is documented to do, and the switches are restored after
+    # what uniq.repro.train.set_precision is documented to do, and the switches are restored after
     tf32 = {name.split()[-1]: r["data"] for (g, name), r in rows.items() if g == "tf32"}
     assert set(tf32) == {"fp32", "tf32", "bf16", "fp64"}
     assert tf32["tf32"]["cudnn_allow_tf32"] and tf32["tf32"]["matmul_allow_tf32"]
@@ -75,8 +75,8 @@ def test_quick_doctor_runs_every_group_on_the_cpu(tmp_path, capsys):
 
 def test_memory_cases_build_and_take_a_step_on_the_cpu():
     """The models the GPU memory check builds: here one step at a tiny batch and size."""
-    from uniq.doctor import memory_cases
-    from uniq.train import train_step
+    from uniq.repro.doctor import memory_cases
+    from uniq.repro.train import train_step
 
     torch.manual_seed(0)
     for name, build, batch, size, classes in memory_cases("paper"):
@@ -90,7 +90,7 @@ def test_memory_cases_build_and_take_a_step_on_the_cpu():
 
 def test_tensor_decode_runs_on_the_cpu(tmp_path):
     """The decode_jpeg path of the loader check (nvJPEG on a GPU), on the CPU."""
-    from uniq.doctor import _jpeg_folder, tensor_decode
+    from uniq.repro.doctor import _jpeg_folder, tensor_decode
 
     root = _jpeg_folder(tmp_path / "jpeg", 6, (64, 48))
     assert len(list((root / "train").rglob("*.JPEG"))) == 6
@@ -101,7 +101,7 @@ def test_tensor_decode_runs_on_the_cpu(tmp_path):
 @pytest.mark.slow
 def test_ddp_equivalence_check_with_gloo(tmp_path):
     """The doctor's 2-process check (NCCL on a GPU machine) through gloo on the CPU."""
-    from uniq.doctor import ddp_equivalence
+    from uniq.repro.doctor import ddp_equivalence
 
     row = ddp_equivalence("cpu", tmp_path, port=29533)
     assert row.status == "pass", (row.value, row.data.get("stderr", "")[-2000:])

@@ -14,10 +14,10 @@ import pytest
 import torch
 from conftest import TINY, cli_args, env, tiny
 
-import uniq.train as E
-from uniq.config import CifarConfig
-from uniq.recipes import RECIPES, get_recipe, lr_at
-from uniq.tasks import cifar_splits
+import uniq.repro.train as E
+from uniq.repro.config import CifarConfig
+from uniq.repro.recipes import RECIPES, get_recipe, lr_at
+from uniq.repro.tasks import cifar_splits
 
 
 def test_synthetic_run_learns_far_above_chance(tmp_path):
@@ -74,7 +74,7 @@ def _train_cmd(runs, epochs):
 
 STOP_AFTER_CHECKPOINT = """
 import os, runpy, signal, sys
-import uniq.train as engine
+import uniq.repro.train as engine
 save = engine.save_atomic
 def save_then_stop(obj, path):
     save(obj, path)
@@ -190,7 +190,7 @@ def test_recipes_cover_table6_and_steps_have_no_weight_decay():
             "adam-warmup10"} <= set(RECIPES)
     import uniq
     from uniq.models import preact_resnet
-    from uniq.train import build_optimizer
+    from uniq.repro.train import build_optimizer
 
     q = uniq.quantize_model(preact_resnet(8), 2, init=0.1)
     opt = build_optimizer(q, get_recipe("sgd"))

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from conftest import env
 
-import uniq.study as X
-from uniq.__main__ import build_parser, config_from_args
+import uniq.repro.study as X
+from uniq.repro.cli import build_parser, config_from_args
 
 
 @pytest.mark.parametrize("profile", ["smoke", "laptop", "quick", "paper"])
@@ -113,7 +113,7 @@ def test_tables_summarise_seeds_with_intervals():
 def _fake_imagenet_run(runs_dir, top1, **kw):
     import json
 
-    from uniq.config import KEY_SCHEME, ImageNetConfig
+    from uniq.repro.config import KEY_SCHEME, ImageNetConfig
 
     cfg = ImageNetConfig(runs_dir=str(runs_dir), **kw)
     d = cfg.run_dir()
@@ -201,7 +201,7 @@ def test_figure4_gap_is_the_mean_over_the_window():
 def test_laptop_figure4_runs_are_the_papers_first_30_of_350_epochs_scaled(tmp_path):
     """The laptop's own Figure 4 runs: the learning rate at each mapped epoch is the paper's
     (a cosine over 350 epochs, of which the figure sees 30), from the profile's FP run."""
-    from uniq.recipes import lr_at
+    from uniq.repro.recipes import lr_at
 
     ctx = X.context("laptop", str(tmp_path / "res"), str(tmp_path / "runs"))
     w = X.figure4_window(ctx)
@@ -254,7 +254,7 @@ def test_the_laptop_profile_resolves_and_auto_picks_by_device(tmp_path, monkeypa
 
 def test_one_short_run_on_the_laptop_data(tmp_path, tiny_config):
     """The laptop profile's data and model through the engine: 20 classes of 16x16 images."""
-    from uniq.train import fit
+    from uniq.repro.train import fit
 
     laptop = X.get_profile("laptop")
     cfg = tiny_config(tmp_path, dataset=laptop.dataset, depth=laptop.depth, epochs=1,

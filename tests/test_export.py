@@ -12,12 +12,12 @@ import torch.nn.functional as F
 from torch import nn
 
 import uniq
-import uniq.export.integer as I
-from uniq.export import graph as E
+import uniq.deploy.integer as I
+from uniq.deploy import graph as E
 from uniq.functional import lsq_range
 from uniq.models import IMAGENET_MODELS, imagenet_model, preact_resnet
 from uniq.modules import QConv2d, QLinear, Quantizer
-from uniq.tasks import make_model
+from uniq.repro.tasks import make_model
 
 needs_onnx = pytest.mark.skipif(
     importlib.util.find_spec("onnx") is None or importlib.util.find_spec("onnxruntime") is None,
@@ -436,7 +436,7 @@ def test_integer_graph_rejects_an_unknown_nine_bit_choice(tmp_path):
 
 def imagenet_run_dir(tmp_path, arch, bits):
     """A finished ImageNet run directory as the engine writes it (config.json, model.pt)."""
-    from uniq.config import ImageNetConfig
+    from uniq.repro.config import ImageNetConfig
 
     cfg = ImageNetConfig(arch=arch, bits=bits, pretrained="none", image_size=32, init="lsq",
                          runs_dir=str(tmp_path / "runs")).resolved()
@@ -529,7 +529,7 @@ def test_missing_packages_name_the_extra(monkeypatch):
 
 def cifar_run_dir(tmp_path, bits=2):
     """A finished CIFAR run directory as the engine writes it, without the training."""
-    from uniq.config import CifarConfig
+    from uniq.repro.config import CifarConfig
 
     cfg = CifarConfig(dataset="synthetic", depth=8, bits=bits, epochs=1,
                       runs_dir=str(tmp_path / "runs")).resolved()
@@ -538,7 +538,7 @@ def cifar_run_dir(tmp_path, bits=2):
     return write_run(cfg, model)
 @needs_onnx
 def test_cli_exports_a_cifar_run_and_refuses_bad_run_dirs(tmp_path, capsys):
-    from uniq.__main__ import main
+    from uniq.repro.cli import main
 
     run = cifar_run_dir(tmp_path)
     out = tmp_path / "out" / "model.onnx"
@@ -566,7 +566,7 @@ def test_latency_table_times_the_float32_and_integer_graphs_of_one_network(tmp_p
     """The float32 file is the float model (PyTorch's logits to float tolerance); the table has
     one row per batch and thread count, and the speedup is the ratio of its two columns. No
     timing is asserted: speed depends on the machine."""
-    from uniq.export import latency as L
+    from uniq.deploy import latency as L
 
     fp = trained_like()
     x = torch.randn(2, 3, 32, 32)
@@ -587,7 +587,7 @@ def test_latency_table_times_the_float32_and_integer_graphs_of_one_network(tmp_p
 
 def _saved_run(tmp_path, task: str, **fields):
     """A run directory holding only the config.json of a config (what ``Run.load`` reads)."""
-    from uniq.config import config_class
+    from uniq.repro.config import config_class
 
     cfg = config_class(task)(runs_dir=str(tmp_path), **fields)
     cfg.run_dir().mkdir(parents=True)
@@ -602,16 +602,16 @@ def _saved_run(tmp_path, task: str, **fields):
     ("imagenet", {"image_size": 224, "pretrained": "none"}, 224),
     ("imagenet", {"image_size": 64, "pretrained": "none"}, 64)])
 def test_a_run_is_exported_at_the_image_size_it_was_trained_at(tmp_path, task, fields, size):
-    from uniq.export.graph import run_input_size
+    from uniq.deploy.graph import run_input_size
 
     assert run_input_size(_saved_run(tmp_path, task, **fields)) == size
 
 
 @pytest.mark.parametrize("dataset", ["synthetic", "finegrain"])
 def test_the_export_size_of_generated_data_is_the_datas_own(tmp_path, dataset):
-    from uniq.config import CifarConfig
-    from uniq.data import finegrain, synthetic_cifar
-    from uniq.export.graph import run_input_size
+    from uniq.deploy.graph import run_input_size
+    from uniq.repro.config import CifarConfig
+    from uniq.repro.data import finegrain, synthetic_cifar
 
     cfg = CifarConfig(dataset=dataset, runs_dir=str(tmp_path))
     cfg.run_dir().mkdir(parents=True)

@@ -4,8 +4,8 @@ import matplotlib as mpl
 import pytest
 from matplotlib import _pylab_helpers
 
-from uniq import figures as plots
-from uniq.data import finegrain
+from uniq.repro import figures as plots
+from uniq.repro.data import finegrain
 
 
 def _state() -> dict:
@@ -69,7 +69,7 @@ def test_outside_a_notebook_nothing_is_displayed(monkeypatch):
 
 
 def test_save_figure_writes_the_file_and_shows_it(shown, tmp_path):
-    import uniq.study as E
+    import uniq.repro.study as E
 
     ctx = E.context("smoke", results_dir=str(tmp_path / "res"), runs_dir=str(tmp_path / "runs"))
     before = _state()

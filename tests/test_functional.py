@@ -192,7 +192,7 @@ def test_steps_stay_positive_in_the_forward_pass():
     with torch.no_grad():
         step.sub_(1.0)  # an optimizer overshoot
     # CPU eager calls check values; emulate the unchecked (compiled / CUDA) path
-    from uniq.functional import positive_step
+    from oracle import positive_step
     assert positive_step(step).item() > 0
     (g,) = torch.autograd.grad(positive_step(step), step)
     assert g.item() == 1.0

@@ -4,8 +4,9 @@ as before), and no graph break under ``torch.compile(fullgraph=True)``."""
 
 import pytest
 import torch
+from oracle import reference_quantize
 
-from uniq.functional import MIN_STEP, FakeQuantize, fake_quantize, reference_quantize
+from uniq.functional import MIN_STEP, FakeQuantize, fake_quantize
 from uniq.modules import Quantizer
 
 # (lo, hi, offset): Eq. 3 at 2 bits, Eq. 5 at 2 bits, LSQ signed 3 bits, Eq. 3 binary

@@ -10,13 +10,14 @@ import pytest
 import torch
 from conftest import cli_args, env
 
-import uniq.runs as RD
-import uniq.tasks as I
-import uniq.train as E
-from uniq.config import ImageNetConfig
+import uniq.repro.runs as RD
+import uniq.repro.tasks as I
+import uniq.repro.train as E
 from uniq.models import imagenet_model
 from uniq.modules import quantizers
-from uniq.study import imagenet_tables, policy_summary
+from uniq.repro.config import ImageNetConfig
+from uniq.repro.pretrained import load_imagenet_model
+from uniq.repro.study import imagenet_tables, policy_summary
 
 
 def make_image_folder(root: Path, classes=4, train=8, val=2, size=40):
@@ -54,17 +55,17 @@ def test_policy_of_all_three_architectures():
 def test_pretrained_weights_from_a_local_file(tmp_path):
     ref = imagenet_model("preresnet18")
     torch.save(ref.state_dict(), tmp_path / "w.pth")
-    loaded = imagenet_model("preresnet18", tmp_path / "w.pth")
+    loaded = load_imagenet_model("preresnet18", tmp_path / "w.pth")
     for (k, a), (_, b) in zip(ref.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert torch.equal(a, b), k
     with pytest.raises(FileNotFoundError, match="not found"):
-        imagenet_model("preresnet18", tmp_path / "missing.pth")
+        load_imagenet_model("preresnet18", tmp_path / "missing.pth")
     cache = tmp_path / "cache"
     cache.mkdir()
     with pytest.raises(FileNotFoundError, match="preresnet18-0972-5651bc2d.pth"):
-        imagenet_model("preresnet18", cache)
+        load_imagenet_model("preresnet18", cache)
     torch.save(ref.state_dict(), cache / "preresnet18-0951-abcdef12.pth")
-    from_cache = imagenet_model("preresnet18", cache)
+    from_cache = load_imagenet_model("preresnet18", cache)
     assert torch.equal(from_cache.output.weight, ref.output.weight)
     with pytest.raises(ValueError, match="unknown"):
         imagenet_model("resnet50")
@@ -109,7 +110,7 @@ def test_one_bit_starts_from_the_two_bit_run_and_is_binary(folder, tmp_path):
 
 
 def test_imagenet_tables_pick_up_finished_runs(tmp_path):
-    from uniq.config import ImageNetConfig
+    from uniq.repro.config import ImageNetConfig
 
     cfg = ImageNetConfig(bits=2, runs_dir=str(tmp_path))
     d = cfg.run_dir()
@@ -123,7 +124,7 @@ def test_imagenet_tables_pick_up_finished_runs(tmp_path):
     assert hit.top1_final.iloc[0] == 66.9 and hit["diff"].iloc[0] == pytest.approx(66.9 - 67.8)
     assert t2.top1_final.notna().sum() == 1 and t3.top1_final.isna().all()
     assert len(t3) == 16 and set(t2.diff_uses) == {"top1_final"}
-    assert hit.comparable_to_paper.iloc[0]  # the paper's setting (uniq.comparable decides)
+    assert hit.comparable_to_paper.iloc[0]  # the paper's setting (uniq.repro.comparable decides)
 
 
 def _torchrun(module_args, port):
@@ -177,7 +178,7 @@ def test_two_process_cifar_matches_one_process(tmp_path):
           "sync_bn": True}
     out = _torchrun(["train", *cli_args(**kw, runs_dir=tmp_path / "two")], 29518)
     assert out.returncode == 0, out.stderr[-3000:]
-    from uniq.config import CifarConfig
+    from uniq.repro.config import CifarConfig
 
     two = RD.Run.load(CifarConfig(**kw, runs_dir=str(tmp_path / "two")).run_dir())
     assert two.result["world_size"] == 2 and two.result["ranks_identical"]

@@ -7,10 +7,11 @@ import torch
 
 from uniq import mse
 from uniq.functional import symmetric_quantize, unsigned_quantize
+from uniq.repro.paper import table1
 
 
 def test_table1_matches_the_paper():
-    t = mse.table1()
+    t = table1()
     assert list(t.bits) == [1, 2, 3, 4]
     for tag in ("w", "a"):
         assert (t[f"step_{tag}"] - t[f"step_{tag}_paper"]).abs().max() <= 0.001

@@ -14,9 +14,9 @@ import pytest
 import torch
 from conftest import TINY, cli_args, env, tiny, uniq_cli
 
-import uniq.runs as RD
-import uniq.train as E
-from uniq.runs import CorruptFile, RunBusy, RunLock
+import uniq.repro.runs as RD
+import uniq.repro.train as E
+from uniq.repro.runs import CorruptFile, RunBusy, RunLock
 
 RUN = {**TINY, "bits": 2, "epochs": 2}
 
@@ -199,7 +199,7 @@ def test_a_truncated_checkpoint_names_the_file_and_fresh(tmp_path):
 ])
 def test_cli_bad_input_is_one_clear_line(tmp_path, args, match, capsys):
     """In process (the real-process cases are the divergence and busy tests above)."""
-    from uniq.__main__ import main
+    from uniq.repro.cli import main
 
     where = ["--runs-dir", str(tmp_path)] if args[0] in ("train", "imagenet", "runs") else []
     try:
@@ -212,7 +212,7 @@ def test_cli_bad_input_is_one_clear_line(tmp_path, args, match, capsys):
 
 
 def test_imagenet_config_type_errors_are_clear():
-    from uniq.config import ImageNetConfig
+    from uniq.repro.config import ImageNetConfig
 
     with pytest.raises(ValueError, match="epochs must be an integer"):
         ImageNetConfig(epochs=2.5).resolved()
@@ -271,7 +271,7 @@ def _bad_weight_file(kind: str, path: Path) -> Path:
 
 
 def _main(args, capsys):
-    from uniq.__main__ import main
+    from uniq.repro.cli import main
 
     try:
         code = main([str(a) for a in args])
@@ -303,8 +303,8 @@ def test_a_bad_pretrained_file_is_one_line_and_runs_nothing(tmp_path, capsys, ki
 
 
 def test_a_pretrained_file_counts_by_its_content(tmp_path):
-    from uniq.config import ImageNetConfig
     from uniq.models import imagenet_model
+    from uniq.repro.config import ImageNetConfig
 
     state = imagenet_model("preresnet18").state_dict()
     a, b, c = tmp_path / "a.pth", tmp_path / "b.pth", tmp_path / "c.pth"

@@ -13,8 +13,8 @@ import nbformat  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from uniq.report import beside_the_paper, build_report  # noqa: E402
-from uniq.study import column_guide  # noqa: E402
+from uniq.repro.report import beside_the_paper, build_report  # noqa: E402
+from uniq.repro.study import column_guide  # noqa: E402
 
 
 class Links(HTMLParser):
@@ -172,7 +172,7 @@ def test_a_missing_results_folder_is_a_clear_error(tmp_path):
 
 
 def test_reading_guides_follow_the_profile():
-    from uniq.study import PROFILES, describe_setting, how_to_compare, model_and_data
+    from uniq.repro.study import PROFILES, describe_setting, how_to_compare, model_and_data
 
     smoke, quick, paper = PROFILES["smoke"], PROFILES["quick"], PROFILES["paper"]
     assert model_and_data(smoke) == f"ResNet-{smoke.depth} on generated data"
@@ -189,9 +189,9 @@ def test_figures_draw_without_warnings_and_titles_say_what_ran(recwarn):
     import torch
 
     import uniq
-    from uniq import figures as plots
-    from uniq.config import CifarConfig
     from uniq.models import preact_resnet
+    from uniq.repro import figures as plots
+    from uniq.repro.config import CifarConfig
 
     torch.manual_seed(0)
     models = {name: uniq.quantize_model(preact_resnet(8), 2, method, weight_granularity="tensor",
@@ -278,8 +278,8 @@ def summarised(results):
 def test_the_report_opens_with_the_reproducibility_summary(summarised):
     import math
 
-    from uniq.claims import detectable_effect
-    from uniq.repro_summary import HEADINGS, fidelity_rows
+    from uniq.repro.claims import detectable_effect
+    from uniq.repro.repro_summary import HEADINGS, fidelity_rows
 
     out, notebook_dir, fidelity = summarised
     text = build_report(out, notebook_dir, fidelity).read_text()
@@ -314,7 +314,7 @@ def test_the_report_opens_with_the_reproducibility_summary(summarised):
 
 
 def test_the_summary_says_what_is_missing(results):
-    from uniq.repro_summary import summary_parts
+    from uniq.repro.repro_summary import summary_parts
 
     out, _ = results
     parts = {p.heading: p for p in summary_parts(out, out / "no-fidelity.md")}

@@ -11,8 +11,8 @@ import nbformat
 import pandas as pd
 import pytest
 
-from uniq.paper import paper_tables
-from uniq.reproduce import notebooks, reproduce
+from uniq.repro.paper import paper_tables
+from uniq.repro.reproduce import notebooks, reproduce
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -72,7 +72,7 @@ def test_every_table_has_its_rows_and_columns(smoke):
 
 
 def test_the_claims_table_has_a_verdict_for_every_claim(smoke):
-    from uniq.claims import load_claims
+    from uniq.repro.claims import load_claims
 
     _, out = smoke
     claims = pd.read_csv(out / "claims.csv")
@@ -125,7 +125,7 @@ def test_a_pyplot_figure_after_a_uniq_figure_still_shows(tmp_path, monkeypatch):
     monkeypatch.setenv("MPLBACKEND", "Agg")
     nbs = tmp_path / "nbs"
     nbs.mkdir()
-    _notebook(nbs / "01_figures.ipynb", "import uniq.figures as P\n"
+    _notebook(nbs / "01_figures.ipynb", "import uniq.repro.figures as P\n"
               "fig = P.transfer_curves()\nP.show(fig)")
     book = nbformat.read(nbs / "01_figures.ipynb", as_version=4)
     book.cells.append(nbformat.v4.new_code_cell(
@@ -350,7 +350,7 @@ def test_kernels_are_shut_down_without_the_interrupt_that_logs_keyboard_interrup
 @pytest.mark.parametrize("profile", ["smoke", "laptop"])
 def test_the_profile_s_expected_time_is_said_before_the_first_notebook(
         broken, tmp_path, fake_papermill, capsys, profile):
-    from uniq.study import get_profile
+    from uniq.repro.study import get_profile
 
     assert reproduce(profile, out_dir=tmp_path / "out", notebooks_dir=broken, only=[1]) == 0
     out = capsys.readouterr().out

@@ -1,7 +1,7 @@
 """Golden run keys: the key (and run directory name) of every run ``python -m uniq runs`` lists,
 for every profile and its seeds, and of representative CLI commands, frozen in
 ``tests/run_keys.json``. A restructure must leave every key where it was; a deliberate change of
-the key scheme bumps ``uniq.config.KEY_SCHEME`` and rewrites the file once, in one commit:
+the key scheme bumps ``uniq.repro.config.KEY_SCHEME`` and rewrites the file once, in one commit:
 
     UNIQ_REGENERATE_KEYS=1 python -m pytest tests/test_run_keys.py
 """
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-import uniq.study as X
-from uniq.__main__ import build_parser, config_from_args
-from uniq.tasks import make_model
+import uniq.repro.study as X
+from uniq.repro.cli import build_parser, config_from_args
+from uniq.repro.tasks import make_model
 
 FROZEN = Path(__file__).with_name("run_keys.json")
 
@@ -84,7 +84,8 @@ def test_every_planned_run_keeps_its_key(tmp_path, profile):
     frozen = _frozen()["profiles"][profile]
     now = _profile_keys(profile, tmp_path)
     assert now == frozen, (
-        f"run keys of profile {profile} moved; if on purpose, bump uniq.config.KEY_SCHEME and "
+        f"run keys of profile {profile} moved; if on purpose, bump "
+        "uniq.repro.config.KEY_SCHEME and "
         "run UNIQ_REGENERATE_KEYS=1 python -m pytest tests/test_run_keys.py")
 
 
@@ -100,7 +101,7 @@ def test_the_frozen_file_covers_every_command():
 # --- identity: every field either changes the key or is placement (issue 19) -----------------
 
 # A different valid value for every config field of both tasks: a new field fails the walk
-# below until it is listed here (and then either hashed or in uniq.config.PLACEMENT).
+# below until it is listed here (and then either hashed or in uniq.repro.config.PLACEMENT).
 ALTERNATIVES = {
     "bits": 3, "method": "lsq", "init": 0.1, "grad_scale": False, "weight_granularity": "channel",
     "signed_inputs": "unsigned", "init_scope": "all", "first_last_bits": 6,
@@ -128,7 +129,7 @@ BASES = {"cifar": dict(bits=2, init=0.2, dataset="synthetic", depth=8, epochs=2,
 def _alternative(cfg, name, tmp_path):
     import dataclasses
 
-    from uniq.config import FULL_PRECISION
+    from uniq.repro.config import FULL_PRECISION
 
     value = {**ALTERNATIVES, **TASK_ALTERNATIVES.get(cfg.task, {})}[name]
     if name == "overrides":  # the first layer's name, at 4 bits
@@ -148,12 +149,12 @@ def _alternative(cfg, name, tmp_path):
 
 
 def _fp_model(cfg):
-    from uniq.config import ImageNetConfig
+    from uniq.repro.config import ImageNetConfig
 
     if isinstance(cfg, ImageNetConfig):
         from uniq.models import imagenet_model
 
-        return imagenet_model(cfg.arch, False)
+        return imagenet_model(cfg.arch)
     from uniq.models import preact_resnet
 
     return preact_resnet(cfg.depth, 100)
@@ -164,14 +165,14 @@ def test_every_field_is_hashed_or_placement_and_does_what_it_says(task, tmp_path
     """Changing a hashed field changes the key; changing a placement field keeps it."""
     import dataclasses
 
-    from uniq.config import ENTERS_VIA, PLACEMENT, config_class
+    from uniq.repro.config import ENTERS_VIA, PLACEMENT, config_class
 
     cls = config_class(task)
     base = cls(**BASES[task], runs_dir=str(tmp_path))
     names = [f.name for f in dataclasses.fields(cls)]
     unlisted = sorted(set(names) - set(ALTERNATIVES))
     assert not unlisted, f"new config field(s) {unlisted}: add to ALTERNATIVES, then hash them " \
-                         "or list them in uniq.config.PLACEMENT with a reason"
+                         "or list them in uniq.repro.config.PLACEMENT with a reason"
     for f in dataclasses.fields(cls):
         hashed = f.metadata.get("hashed", True)
         assert hashed != (f.name in PLACEMENT or f.name in ENTERS_VIA), \
@@ -204,7 +205,7 @@ def test_the_two_loaders_draw_different_batches():
     """Why the loader is hashed: the same seed and epoch give other images and labels."""
     import torch
 
-    from uniq import data as D
+    from uniq.repro import data as D
 
     data = D.load_dataset("synthetic", True, "unused", 0, (256, 10), False, False)
     batches = []
@@ -230,8 +231,8 @@ def _old_scheme_dir(cfg, finished=True):
 def test_a_run_of_an_older_key_scheme_is_reported_not_reused_or_retrained(tmp_path, finished):
     from conftest import tiny
 
-    import uniq.runs as RD
-    import uniq.train as E
+    import uniq.repro.runs as RD
+    import uniq.repro.train as E
 
     cfg = tiny(tmp_path, epochs=1)
     old = _old_scheme_dir(cfg, finished)
@@ -249,7 +250,7 @@ def test_a_run_of_an_older_key_scheme_is_reported_not_reused_or_retrained(tmp_pa
 def test_a_renamed_old_run_is_found_under_its_new_key(tmp_path):
     from conftest import tiny
 
-    import uniq.runs as RD
+    import uniq.repro.runs as RD
 
     cfg = tiny(tmp_path, epochs=1)
     _old_scheme_dir(cfg).rename(cfg.run_dir())
@@ -277,8 +278,8 @@ def test_table5_init_scope(scope, last_keeps_mse):
     """Table 5's constant init on the low-bit layers only (default), or on every layer."""
     import torch
 
-    from uniq.config import CifarConfig
     from uniq.mse import optimal_step
+    from uniq.repro.config import CifarConfig
 
     cfg = CifarConfig(bits=2, depth=8, init=0.2, init_scope=scope).resolved()
     model = make_model(cfg, 100)
@@ -296,7 +297,7 @@ def test_the_fidelity_page_matches_the_code():
     """Every flag the page names exists, and the numbers it quotes are the code's."""
     import re
 
-    import uniq.config as CF
+    import uniq.repro.config as CF
 
     page = (Path(__file__).resolve().parent.parent / "docs" / "fidelity.md").read_text()
     parser = build_parser()
@@ -331,7 +332,7 @@ def test_an_old_table5_run_is_not_taken_for_the_new_init_scope(tmp_path):
     """Scheme 1 applied a constant init to the 8-bit layers too: not this run any more."""
     from conftest import tiny
 
-    import uniq.runs as RD
+    import uniq.repro.runs as RD
 
     new = tiny(tmp_path, bits=2, init=0.2)
     old = _old_scheme_dir(new)

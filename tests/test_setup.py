@@ -154,7 +154,7 @@ def test_lock_differences_runtime_scope_ignores_the_tools(monkeypatch):
 
 def test_provenance_records_the_tools_lock_hash_and_versions_the_lock_pins_nowhere(tmp_path,
                                                                                    capsys):
-    from uniq.reproduce import _lock
+    from uniq.repro.reproduce import _lock
 
     assert _lock()["hash"] == E.lock_hash()
     lock = tmp_path / "requirements.lock"

@@ -7,7 +7,7 @@ carry environment markers). ``make test`` / ``make reproduce`` install exactly i
 interpreter's versions differ from the lock (someone who ``pip install``-ed the package into
 their own environment gets the compatible ranges of ``pyproject.toml``, which may well differ).
 ``tools/write_environment_yml.py`` writes ``environment.yml`` from it. The runtime
-(``uniq.reproduce``) records the lock's hash itself, with the same normalisation as
+(``uniq.repro.reproduce``) records the lock's hash itself, with the same normalisation as
 :func:`lock_hash`.
 """
 

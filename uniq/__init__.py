@@ -1,30 +1,15 @@
-"""uniq: UniQ's learnable symmetric quantizer, MSE-optimal step sizes, and the paper's recipes.
+"""uniq: UniQ's learnable symmetric quantizer (Eq. 3), the unsigned activation quantizer (Eq. 5),
+the LSQ baseline, MSE-optimal step sizes (Table 1) and model conversion under the paper's policy.
 
-The public API is imported on first use (PEP 562), so ``python -m uniq train --help`` and the
-light modules (``uniq.config``, ``uniq.claims``) do not load the quantizer core.
+This top level is the quantizer itself. ``uniq.deploy`` runs a trained model in integers;
+``uniq.repro`` is the reproduction of the paper (training engine, notebooks' API, claims, report).
 """
 
-import importlib
+from . import functional, models, mse
+from .convert import calibrate, conversion_report, layer_policy, quantize_model
+from .modules import QConv2d, QLinear, Quantizer, quantizers, step_parameters
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-_API = {
-    "functional": None, "mse": None, "models": None,
-    "Quantizer": "modules", "QConv2d": "modules", "QLinear": "modules", "quantizers": "modules",
-    "step_parameters": "modules", "quantize_model": "convert", "calibrate": "convert",
-    "conversion_report": "convert", "layer_policy": "convert",
-}
-__all__ = list(_API)
-
-
-def __getattr__(name: str):
-    if name not in _API:
-        raise AttributeError(f"module 'uniq' has no attribute {name!r}")
-    module = importlib.import_module(f".{_API[name] or name}", __name__)
-    value = module if _API[name] is None else getattr(module, name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_API])
+__all__ = ["functional", "mse", "models", "Quantizer", "QConv2d", "QLinear", "quantizers",
+           "step_parameters", "quantize_model", "calibrate", "conversion_report", "layer_policy"]

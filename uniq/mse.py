@@ -20,7 +20,6 @@ import numbers
 from functools import cache
 
 import numpy as np
-import pandas as pd
 import torch
 from scipy.optimize import brentq, minimize_scalar
 from scipy.stats import norm
@@ -115,31 +114,6 @@ def optimal_sqnr_db(bits: int, kind: str) -> float:
         return 10 * math.log10(1.0 / mse)
     # Whole rectified Gaussian: half the samples are zeros, reproduced exactly.
     return 10 * math.log10(RECTIFIED_GAUSSIAN_VAR / (0.5 * mse))
-
-
-def table1(bits: range | list[int] = range(1, 5)) -> pd.DataFrame:
-    """Table 1 recomputed, with the paper's values beside the computed ones (bits 1-4 in print)."""
-    from .paper import paper_tables
-
-    paper = paper_tables()
-    paper = paper[paper.table == 1]
-
-    def paper_value(kind: str, b: int, metric: str) -> float:
-        col = "weight_bits" if kind == "weight" else "act_bits"
-        hit = paper[(paper[col] == b) & (paper.metric == metric)
-                    & (paper.method == f"uniq-{kind}")]
-        return float(hit.value.iloc[0]) if len(hit) else float("nan")
-
-    rows = []
-    for b in bits:
-        row = {"bits": b, "N": 2**b}
-        for kind, tag in (("weight", "w"), ("activation", "a")):
-            row[f"step_{tag}"] = optimal_step(b, kind)
-            row[f"step_{tag}_paper"] = paper_value(kind, b, "optimal_unit_step")
-            row[f"sqnr_{tag}_db"] = optimal_sqnr_db(b, kind)
-            row[f"sqnr_{tag}_db_paper"] = paper_value(kind, b, "sqnr_db")
-        rows.append(row)
-    return pd.DataFrame(rows)
 
 
 # --- Step-size init rules -------------------------------------------------------------------

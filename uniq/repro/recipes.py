@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, replace
 
-from .functional import FULL_PRECISION
+from ..functional import FULL_PRECISION
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 Figures 3-4 (with seeds), and writers that put every table next to the paper's numbers.
 
 Notebooks call these functions; they never build configs or loops themselves. Every run goes
-through ``uniq.train.fit`` with a fully resolved config, so a run asked for by two tables, two
+through ``uniq.repro.train.fit`` with a fully resolved config, so a run asked for by two tables, two
 notebooks or two processes is trained once.
 """
 
@@ -19,13 +19,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..convert import conversion_report, quantize_model
+from ..models import IMAGENET_MODELS, adaptive_pooling, imagenet_model
+from ..modules import quantizers
 from .claims import chance_holds, evaluate_claims, per_cell_summary  # noqa: F401 - chance_holds: notebook 8
 from .comparable import comparable_to_paper, paper_differences, setting_differences
 from .config import FULL_PRECISION, CifarConfig, ImageNetConfig, as_flags
-from .convert import conversion_report, quantize_model
 from .figures import DPI, show
-from .models import IMAGENET_MODELS, adaptive_pooling, imagenet_model
-from .modules import quantizers
 from .paper import PAPER_NAMES, REPORTED, check_reported, paper_tables, paper_value, with_diff
 from .paths import resolve_path
 from .recipes import get_recipe, lr_at  # noqa: F401 - lr_at: notebook 4
@@ -78,7 +78,7 @@ class Profile:
 
     @property
     def comparable(self) -> bool:
-        """Decided by ``uniq.comparable`` on this profile's runs (the rule of every table,
+        """Decided by ``uniq.repro.comparable`` on this profile's runs (the rule of every table,
         claim and report)."""
         return not self.paper_differences()
 
@@ -229,7 +229,7 @@ class Context:
 
     def comparable(self) -> tuple[bool, str]:
         """Whether this context's runs are in the paper's setting, and what differs
-        (``uniq.comparable``: the one rule of tables, claims and the report)."""
+        (``uniq.repro.comparable``: the one rule of tables, claims and the report)."""
         differences = self.profile.paper_differences(self.precision)
         return (not differences, "differs from the paper's setting: " + "; ".join(differences)
                 if differences else "")
@@ -245,7 +245,8 @@ def context(profile: str = "smoke", results_dir: str | None = None, runs_dir: st
             lsq_init: str = "lsq", reported: str = "top1_final",
             precision: str = "fp32") -> Context:
     """Resolve a notebook's parameters. Relative paths are taken from the project root (see
-    ``uniq.paths``), so a notebook gives the same answer from JupyterLab and from papermill."""
+    ``uniq.repro.paths``), so a notebook gives the same answer from JupyterLab and from
+    papermill."""
     prof = get_profile(profile)
     profile = prof.name  # "auto" resolved
     if lsq_init not in ("lsq", "mse"):
@@ -740,7 +741,7 @@ def unmoved(values: pd.DataFrame) -> dict[tuple[str, str], tuple[str, str]]:
 def claims_table(ctx: Context, train: bool = False) -> pd.DataFrame:
     """Every claim of ``data/claims.csv`` with its effect, 95% interval and verdict. Runs are
     pooled only when their configs differ in the seed alone, and "comparable to the paper" is
-    decided by ``uniq.comparable`` for each experiment's runs."""
+    decided by ``uniq.repro.comparable`` for each experiment's runs."""
     values, missing = measurements(ctx, train)
     comparability = {e.key: comparable_to_paper(
         [config(ctx, e, s) for s in seeds_of(ctx, e)])
@@ -808,7 +809,7 @@ def save_table(ctx: Context, df: pd.DataFrame, name: str, title: str,
 
 def save_figure(ctx: Context, fig, name: str) -> Path:
     """Write ``<name>.png`` into the results and show that same image once in the notebook
-    (whatever the matplotlib backend: see ``uniq.figures.show``)."""
+    (whatever the matplotlib backend: see ``uniq.repro.figures.show``)."""
 
     path = ctx.results_dir / f"{name}.png"
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
@@ -883,7 +884,7 @@ def policy_summary(bits_list=(4, 3, 2, 1)) -> pd.DataFrame:
     """For each architecture and bit width: how many layers get which weight bits."""
     rows = []
     for arch in IMAGENET_MODELS:
-        base = adaptive_pooling(imagenet_model(arch, False))
+        base = adaptive_pooling(imagenet_model(arch))
         granularity = ImageNetConfig(arch=arch).default_granularity()
         for bits in bits_list:
             r = conversion_report(quantize_model(base, bits, "uniq", granularity,
@@ -917,7 +918,8 @@ def imagenet_results(runs_dir: str | Path = "runs") -> pd.DataFrame:
 
 
 def _imagenet_comparable(runs_dir: str | Path, run: str) -> bool:
-    """``uniq.comparable``'s verdict on one ImageNet run (the rule of every table and claim)."""
+    """``uniq.repro.comparable``'s verdict on one ImageNet run (the rule of every table and
+    claim)."""
     return comparable_to_paper([Run.load(resolve_path(runs_dir) / "imagenet" / run).config])[0]
 
 
@@ -992,7 +994,7 @@ def about_the_data(profile: Profile) -> str:
         return (
             "**The data (laptop profile).** No real image set small enough for a laptop ships "
             "offline with this project's dependencies, so the images are generated "
-            "(`uniq.data.finegrain`, the same for every seed): 20 classes in 10 pairs, "
+            "(`uniq.repro.data.finegrain`, the same for every seed): 20 classes in 10 pairs, "
             f"{profile.synthetic_train:,} training and {profile.synthetic_test:,} test images "
             "of 16x16 pixels. The two classes of a pair share a smooth colour template and "
             "differ only in a fine pattern of 2x2-pixel cells, under strong pixel noise, "
@@ -1009,7 +1011,8 @@ def about_the_data(profile: Profile) -> str:
             "claim hold.")
     if profile.dataset == "synthetic":
         return ("**The data (smoke profile).** Generated stand-ins for CIFAR-100 "
-                f"(`uniq.data.synthetic_cifar`): {profile.synthetic_train:,} training images of "
+                f"(`uniq.repro.data.synthetic_cifar`): {profile.synthetic_train:,} training images "
+                "of "
                 "100 smooth colour templates under noise. The profile exists to run every step "
                 "in minutes; its numbers show that the pipeline works, not the paper's effects.")
     return ("**The data.** CIFAR-100: 50,000 training and 10,000 test images of 32x32 pixels "

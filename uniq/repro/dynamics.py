@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .modules import quantizers
-from .mse import optimal_sqnr_db, sqnr_db
-from .state import preserved_state
+from ..modules import quantizers
+from ..mse import optimal_sqnr_db, sqnr_db
+from ..state import preserved_state
 
 
 def activation_quantizers(model: nn.Module):

@@ -1,8 +1,8 @@
-"""The tasks: the data and the model of a run, built from its config (``uniq.config``).
+"""The tasks: the data and the model of a run, built from its config (``uniq.repro.config``).
 
 CIFAR-100 (Tables 4-6, Figures 3-4): the pre-activation ResNet on CIFAR-100 or the generated
 stand-ins, quantized runs starting from a full-precision run. ImageNet (Tables 2-3): pytorchcv
-models on an ImageFolder, 1-bit runs starting from the 2-bit run. The engine (``uniq.train``)
+models on an ImageFolder, 1-bit runs starting from the 2-bit run. The engine (``uniq.repro.train``)
 calls ``make_data`` and ``make_model``; nothing here calls back into it.
 
     python -m uniq train --bits 2                                # one process
@@ -21,12 +21,13 @@ import torch
 from PIL import Image
 from torch import nn
 
+from ..convert import quantize_model
+from ..models import adaptive_pooling, preact_resnet
 from . import data as D
 from .config import FULL_PRECISION, CifarConfig, ImageNetConfig, RunConfig
-from .convert import quantize_model
 from .distributed import Dist
-from .models import adaptive_pooling, imagenet_model, preact_resnet
 from .paths import resolve_path
+from .pretrained import load_imagenet_model
 
 DATA_SEED = 0
 """Seed of the generated data set and of the ``data_fraction`` subset: fixed, not the run's."""
@@ -145,7 +146,7 @@ def imagenet_network(cfg: ImageNetConfig, num_classes: int, pretrained: bool) ->
     pre = {"pytorchcv": True, "none": False}.get(cfg.pretrained, cfg.pretrained)
     if isinstance(pre, str):
         pre = resolve_path(pre)
-    model = imagenet_model(cfg.arch, pre if pretrained else False)
+    model = load_imagenet_model(cfg.arch, pre if pretrained else False)
     if num_classes != 1000:  # a smaller label set (tests, subsets of ImageNet): a new head
         last = model.output
         model.output = (nn.Linear(last.in_features, num_classes)

@@ -22,7 +22,7 @@ kept only when their Holm-adjusted p-value (``p_holm``, family: every claim with
 below ``(1 - confidence) / 2``; :func:`chance_holds` is how many ``holds`` chance alone gives.
 
 The module needs numpy, scipy and pandas only (no torch), so it is cheap to import; the claims'
-chart is ``uniq.figures.plot_claims``.
+chart is ``uniq.repro.figures.plot_claims``.
 """
 
 from __future__ import annotations
@@ -39,13 +39,15 @@ import numpy as np
 import pandas as pd
 from scipy import special, stats
 
-CLAIMS_PATH = Path(__file__).resolve().parent.parent / "data" / "claims.csv"
+from .paths import REPO
+
+CLAIMS_PATH = REPO / "data" / "claims.csv"
 
 REQUIRED_COLUMNS = ("id", "source", "statement", "metric", "a", "b", "direction", "margin",
                     "paper_effect", "comparable_profiles")
 REQUIRED_FIELDS = ("id", "source", "statement", "metric", "a", "direction")
 DIRECTIONS = ("greater", "less", "match")
-# Profile names of uniq.study.PROFILES (not imported: that module pulls in torch).
+# Profile names of uniq.repro.study.PROFILES (not imported: that module pulls in torch).
 KNOWN_PROFILES = ("smoke", "quick", "paper")
 KEY_SEPARATOR = ";"
 SEED_MARGIN = "2sd"
@@ -439,7 +441,7 @@ def evaluate_claims(measurements: pd.DataFrame, claims: pd.DataFrame | None = No
     overrides that for every claim. With neither, results are taken as comparable.
 
     ``comparability``: ``{experiment: (comparable, what differs)}`` from
-    ``uniq.comparable.comparable_to_paper``; a claim is then comparable only when each of its
+    ``uniq.repro.comparable.comparable_to_paper``; a claim is then comparable only when each of its
     experiments is (and the profile is among its ``comparable_profiles``). ``incompatible``:
     ``{experiment: note}`` for experiments whose runs differ in more than the seed; a claim
     naming one is ``not comparable`` (its runs are not pooled). ``inconclusive``:

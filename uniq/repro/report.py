@@ -7,7 +7,7 @@ and renders each executed notebook into ``html/NN_name.html``. Everything is a f
 page, linked relatively: it opens from the file system, with no server and no internet (no
 script, style sheet or image is fetched from elsewhere), and it reads on a phone-width screen.
 
-Run it on its own with ``python -m uniq.report results/smoke``.
+Run it on its own with ``python -m uniq.repro.report results/smoke``.
 """
 
 from __future__ import annotations
@@ -60,11 +60,12 @@ FIGURE_CAPTIONS = {
                "numbers, and reproduced UniQ points if any).",
 }
 
-# The pages are jinja2 templates in uniq/templates/ (package data): the HTML and CSS read, edit
+# The pages are jinja2 templates in uniq/repro/templates/ (package data): the HTML and CSS
+# read, edit
 # and diff as what they are. Autoescape is on, so every value from a results folder (CSV cells,
 # captions, provenance, error messages) is text, never markup; only HTML that this package or
 # nbconvert built goes in, as ``Markup``.
-PAGES = Environment(loader=PackageLoader("uniq"), autoescape=True, trim_blocks=True,
+PAGES = Environment(loader=PackageLoader("uniq.repro"), autoescape=True, trim_blocks=True,
                     keep_trailing_newline=True)
 
 
@@ -194,7 +195,8 @@ def build_report(results_dir: str | Path, notebook_dir: str | Path = NOTEBOOKS_D
                  fidelity: str | Path = FIDELITY) -> Path:
     """Write ``index.html`` (and ``html/NN_name.html`` per executed notebook) into the results
     folder; returns the index page. It opens with the reproducibility summary
-    (``uniq.repro_summary``). Reads only what is in the folder and the fidelity page, so it also
+    (``uniq.repro.repro_summary``). Reads only what is in the folder and the fidelity page, so
+    it also
     works on a folder copied from another machine."""
     out = Path(results_dir)
     if not out.is_dir():
@@ -214,7 +216,7 @@ def build_report(results_dir: str | Path, notebook_dir: str | Path = NOTEBOOKS_D
             pages.add(nb.stem)
         except ImportError as err:  # nbconvert missing: the page still lists the notebooks
             render_error = (f"notebooks not rendered: {err} (pip install nbconvert, then "
-                            f"python -m uniq.report {out})")
+                            f"python -m uniq.repro.report {out})")
             break
 
     # in the order the notebooks wrote them (a notebook's tables and figures follow its cells)
@@ -255,7 +257,7 @@ def build_report(results_dir: str | Path, notebook_dir: str | Path = NOTEBOOKS_D
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m uniq.report RESULTS_DIR", file=sys.stderr)
+        print("usage: python -m uniq.repro.report RESULTS_DIR", file=sys.stderr)
         return 2
     try:
         print(build_report(args[0]))

@@ -205,7 +205,7 @@ def inline_backend():
     """Start kernels with the backend JupyterLab gives them, whatever this process's MPLBACKEND
     (`make` exports Agg, which a kernel would inherit): a figure a notebook draws with plain
     pyplot then shows in the executed copy too. uniq's own figures show in any backend
-    (``uniq.figures.show``). The variable is restored afterwards."""
+    (``uniq.repro.figures.show``). The variable is restored afterwards."""
     before = os.environ.get("MPLBACKEND")
     os.environ["MPLBACKEND"] = INLINE_BACKEND
     try:
@@ -294,6 +294,6 @@ def reproduce(profile: str = "smoke", only: list[int] | None = None, keep_going:
     except Exception as err:  # noqa: BLE001 - the notebooks' results stay; say what went wrong
         report_failed = True
         print(f"[reproduce] could not write the HTML report: {type(err).__name__}: {err}; "
-              f"retry with `python -m uniq.report {out}`", file=sys.stderr, flush=True)
+              f"retry with `python -m uniq.repro.report {out}`", file=sys.stderr, flush=True)
     print(f"[reproduce] results in {out}; {len(failures)} notebook(s) failed", flush=True)
     return 1 if failures or report_failed else 0

@@ -2,7 +2,8 @@
 the runner alike: a relative path is taken from the project root, wherever the command starts.
 
 The project root is ``$UNIQ_ROOT`` when set; otherwise the checkout this package lives in (the
-folder with ``pyproject.toml`` above ``uniq/``); otherwise (an installed package) the current
+folder with ``pyproject.toml`` above ``uniq/``, two levels above this file); otherwise (an
+installed package) the current
 directory. Absolute paths are used as given.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def project_root() -> Path:

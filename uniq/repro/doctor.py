@@ -29,11 +29,11 @@ from typing import Any
 
 import torch
 
+from ..functional import value_checks
+from ..modules import quantizers
 from . import data as D
 from . import distributed
 from .config import PRECISIONS, CifarConfig, ImageNetConfig, as_flags
-from .functional import value_checks
-from .modules import quantizers
 from .runs import Run
 from .study import get_profile
 from .tasks import imagenet_data, make_model
@@ -214,7 +214,7 @@ EXPECTED_TF32 = {"fp32": False, "tf32": True, "bf16": False, "fp64": False}
 
 
 def check_tf32(o: Options, cuda: bool) -> list[Check]:
-    """The switches ``uniq.train.set_precision`` sets, for every precision."""
+    """The switches ``uniq.repro.train.set_precision`` sets, for every precision."""
     old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     rows = []
     try:
@@ -227,7 +227,7 @@ def check_tf32(o: Options, cuda: bool) -> list[Check]:
             rows.append(Check("tf32", f"--precision {p}", "pass" if ok else "fail",
                               f"TF32 convolutions {'on' if got['cudnn_allow_tf32'] else 'off'},"
                               f" matmuls {'on' if got['matmul_allow_tf32'] else 'off'}",
-                              "" if ok else "uniq.train.set_precision does not set what the "
+                              "" if ok else "uniq.repro.train.set_precision does not set what the "
                               "README documents: report it", data=got))
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old

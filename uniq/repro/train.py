@@ -4,7 +4,7 @@ torchrun), ``prepare``, one ``train_one_epoch``, one ``evaluate``, divergence ch
 A single process is simply world size 1; under torchrun every rank runs the same code, rank 0
 writes. ``fit(config)`` resolves the config once, returns a finished run without loading any data,
 resumes an unfinished one from its checkpoint, and otherwise trains it (its parent run first, if
-it has one and it is missing). The run's files are described in ``uniq.runs``.
+it has one and it is missing). The run's files are described in ``uniq.repro.runs``.
 """
 
 from __future__ import annotations
@@ -23,12 +23,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..convert import calibrate, conversion_report
+from ..functional import value_checks
+from ..modules import quantizers, step_parameters
+from ..state import rng_state, set_rng_state
 from . import distributed as dist
-from .config import FULL_PRECISION, KEY_SCHEME, RunConfig, TrainingDiverged, placement
-from .convert import calibrate, conversion_report
+from .config import (
+    FULL_PRECISION,
+    KEY_SCHEME,
+    RESUME_MODES,
+    RunConfig,
+    TrainingDiverged,
+    placement,
+)
 from .dynamics import probe_rows, record_dynamics
-from .functional import value_checks
-from .modules import quantizers, step_parameters
 from .paths import resolve_path
 from .recipes import Recipe, default_recipe, get_recipe, lr_at
 from .runs import (
@@ -45,11 +53,7 @@ from .runs import (
     write_csv_atomic,
     write_json_atomic,
 )
-from .state import rng_state, set_rng_state
 from .tasks import TaskData, make_data, make_model
-
-RESUME_MODES = ("auto", "require", "never")
-
 
 
 def _dtype(precision: str) -> torch.dtype:

@@ -1,7 +1,7 @@
 """ONNX export of a converted model in the standard QDQ form, run and checked by onnxruntime.
 
 The graph is built directly with ``onnx.helper`` from a ``torch.fx`` trace of the model, so every
-quantizer becomes exactly the integer grid of ``uniq.export.integer`` (opset 13):
+quantizer becomes exactly the integer grid of ``uniq.deploy.integer`` (opset 13):
 
 * a quantized weight is an integer initializer (its codes) followed by ``DequantizeLinear``
   with zero point 0: UniQ's odd codes ``q`` (Eq. 3) with scale ``D/2``, LSQ's two's-complement
@@ -51,11 +51,11 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from .. import __version__
-from ..data import FINEGRAIN_SIZE, load_dataset, normalize
 from ..modules import QConv2d, QLinear, Quantizer, quantizers
-from ..paths import resolve_path
-from ..runs import Run
-from ..tasks import DATA_SEED
+from ..repro.data import FINEGRAIN_SIZE, load_dataset, normalize
+from ..repro.paths import resolve_path
+from ..repro.runs import Run
+from ..repro.tasks import DATA_SEED
 from .integer import IntegerGrid, from_codes, integer_grid, to_codes
 
 OPSET = 13
@@ -687,7 +687,7 @@ def check_parity(model: nn.Module, path: str | Path, x: torch.Tensor, rtol: floa
     proto = onnx.load(str(path))
     props = {p.key: p.value for p in proto.metadata_props}
     if "uniq.input_taps" not in props:
-        raise ValueError(f"{path} was not written by uniq.export (no uniq.input_taps metadata)")
+        raise ValueError(f"{path} was not written by uniq.deploy (no uniq.input_taps metadata)")
     taps: dict[str, str] = json.loads(props["uniq.input_taps"])
     feed = {INPUT_NAME: x.detach().cpu().float().numpy()}
     free = onnx_session(path, threads=1, spin=False).run(None, feed)[0]

@@ -1,5 +1,5 @@
-"""The paper's printed numbers (``data/paper_tables.csv``), their lookup, and the ``diff``
-column every reproduced table carries. Data only: it imports nothing else of the package."""
+"""The paper's printed numbers (``data/paper_tables.csv``), their lookup, the ``diff``
+column every reproduced table carries, and Table 1 computed beside the printed one."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import functools
 
 import pandas as pd
 
+from .. import mse
 from .paths import REPO
 
 PAPER_CSV = REPO / "data" / "paper_tables.csv"
@@ -53,3 +54,26 @@ def with_diff(df: pd.DataFrame, reported: str = "top1_final") -> pd.DataFrame:
     df["diff"] = (df[check_reported(reported)] - df.paper_top1).round(2)
     df["diff_uses"] = reported
     return df
+
+
+def table1(bits: range | list[int] = range(1, 5)) -> pd.DataFrame:
+    """Table 1 recomputed, with the paper's values beside the computed ones (bits 1-4 in print)."""
+    paper = paper_tables()
+    paper = paper[paper.table == 1]
+
+    def paper_value(kind: str, b: int, metric: str) -> float:
+        col = "weight_bits" if kind == "weight" else "act_bits"
+        hit = paper[(paper[col] == b) & (paper.metric == metric)
+                    & (paper.method == f"uniq-{kind}")]
+        return float(hit.value.iloc[0]) if len(hit) else float("nan")
+
+    rows = []
+    for b in bits:
+        row = {"bits": b, "N": 2**b}
+        for kind, tag in (("weight", "w"), ("activation", "a")):
+            row[f"step_{tag}"] = mse.optimal_step(b, kind)
+            row[f"step_{tag}_paper"] = paper_value(kind, b, "optimal_unit_step")
+            row[f"sqnr_{tag}_db"] = mse.optimal_sqnr_db(b, kind)
+            row[f"sqnr_{tag}_db_paper"] = paper_value(kind, b, "sqnr_db")
+        rows.append(row)
+    return pd.DataFrame(rows)

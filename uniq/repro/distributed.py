@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .models import replace_module
+from ..models import replace_module
 
 
 @dataclass(frozen=True)

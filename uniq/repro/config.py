@@ -5,7 +5,7 @@ A config is a dataclass whose fields are the flags of ``python -m uniq train`` (
 fills in every default (recipe spelled out, warm-up scaled, the parent run's config) and returns
 an immutable copy that carries its key: the sha256 of every field that can change the result
 (``hashed``). The fields left out say where or how fast a run executes (``PLACEMENT``).
-A run lives in ``<runs_dir>/<task>/<label>-<key>/`` (``uniq.runs``).
+A run lives in ``<runs_dir>/<task>/<label>-<key>/`` (``uniq.repro.runs``).
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ from typing import Any, ClassVar
 
 import torch
 
-from .functional import FULL_PRECISION, check_bits
-from .models import IMAGENET_MODELS, imagenet_model, pretrained_path
+from ..functional import FULL_PRECISION, check_bits
+from ..models import IMAGENET_MODELS, imagenet_model
 from .paths import resolve_path
+from .pretrained import pretrained_path
 from .recipes import IMAGENET_WEIGHT_DECAY, Recipe, default_recipe, get_recipe
 
 KEY_SCHEME = 2
@@ -57,7 +58,7 @@ class TrainingDiverged(RuntimeError):
 class RunConfig:
     """Fields shared by every task. Subclasses add the data and model fields, ``label_prefix``,
     ``example_input`` and optionally ``default_parent`` (the data and the model are built by
-    ``uniq.tasks``)."""
+    ``uniq.repro.tasks``)."""
 
     task: ClassVar[str] = ""
 
@@ -87,7 +88,7 @@ class RunConfig:
     overrides: str = option("", "per-layer bits winning over the policy, NAME=BITS[,NAME=BITS] "
                             "(BITS 1..8, or 32/fp for full precision)")
     # -- recipe
-    recipe: str = option("", "named recipe (see uniq.recipes.RECIPES); empty = the paper's "
+    recipe: str = option("", "named recipe (see uniq.repro.recipes.RECIPES); empty = the paper's "
                          "default for the bit width")
     lr: float | None = option(None, "override the recipe's peak learning rate")
     warmup_epochs: float | None = option(None, "override the recipe's warm-up epochs")
@@ -174,8 +175,8 @@ class RunConfig:
             return self
         # The quantizer core's own checks and rules, imported when a config is resolved (not
         # when the CLI is parsed: ``train --help`` stays light).
-        from .convert import default_init_scope
-        from .mse import check_init
+        from ..convert import default_init_scope
+        from ..mse import check_init
 
         validate_fields(self)
         c = dataclasses.replace(self)
@@ -393,7 +394,7 @@ def start_key(path: Path) -> str:
     """Identity of a start point for the hash: the run's key, or a checksum of a bare file."""
     run = path if path.is_dir() else path.parent
     if (run / "config.json").exists():
-        # The key a run directory was made under (``uniq.runs`` writes it into config.json).
+        # The key a run directory was made under (``uniq.repro.runs`` writes it into config.json).
         try:
             return str(json.loads((run / "config.json").read_text()).get("key", ""))
         except (OSError, json.JSONDecodeError) as err:
@@ -576,7 +577,7 @@ def check_state_dict_file(path: Path, arch: str) -> None:
                                               for v in state.values()):
         raise ValueError(f"--pretrained {path} holds a {type(state).__name__}, not a state dict "
                          f"of tensors; {fix}")
-    own = {k: tuple(v.shape) for k, v in imagenet_model(arch, False).state_dict().items()}
+    own = {k: tuple(v.shape) for k, v in imagenet_model(arch).state_dict().items()}
     theirs = {k: tuple(v.shape) for k, v in state.items()}
     missing = sorted(set(own) - set(theirs))
     unexpected = sorted(set(theirs) - set(own))

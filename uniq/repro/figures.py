@@ -24,8 +24,8 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from . import functional as QF
-from .mse import distortion, optimal_step
+from .. import functional as QF
+from ..mse import distortion, optimal_step
 
 # The resolution of every saved and displayed figure.
 DPI = 120

@@ -5,7 +5,7 @@ arithmetic checked against PyTorch, bit planes, sizes. ``graph``: the ONNX write
 integer kernels with ``integer=True``), run and checked by onnxruntime, and the ``export``
 command. ``latency``: onnxruntime timings of the float and the quantized graph.
 
-``import uniq.export as X`` gives the writer's functions (``X.export_onnx``) and the two other
+``import uniq.deploy as X`` gives the writer's functions (``X.export_onnx``) and the two other
 modules (``X.integer``, ``X.latency``).
 """
 

@@ -1,7 +1,7 @@
 """CPU latency of ONNX graphs measured side by side: float32 against the integer graph.
 
 The float32 baseline is the full-precision network exported by ``torch.onnx.export`` (what a
-user deploying the float model would run); the quantized network is ``uniq.export``'s integer
+user deploying the float model would run); the quantized network is ``uniq.deploy``'s integer
 graph (``integer=True``) and, optionally, its QDQ graph. Every graph runs in its own
 onnxruntime CPU session with the same intra-op thread count, on the same input, and the
 timings are interleaved (one run of each graph per round), so that a change in the machine's
@@ -53,7 +53,7 @@ def benchmark_networks(name: str, bits: int = 2, seed: int = 0) -> tuple[nn.Modu
 def export_float_onnx(model: nn.Module, path: str | Path, example_input: torch.Tensor) -> Path:
     """The float32 model as ONNX via ``torch.onnx.export`` (the TorchScript exporter, which
     needs no extra package), with a dynamic batch dimension; same input and output names as
-    ``uniq.export``'s files."""
+    ``uniq.deploy``'s files."""
     require("onnx")
     was_training = model.training
     model.eval()
