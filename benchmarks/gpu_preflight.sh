@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The one script a GPU machine runs before anything else (issue 22): the doctor's table and
+# The one script a GPU machine runs before anything else: the doctor's table and
 # JSON, then the training-step benchmark in every compile mode and in fp32 and bf16. Outputs go
-# to benchmarks/results/<gpu>/ (commit them; the README's GPU figures come from there).
+# to benchmarks/results/<gpu>/ (commit them and add their numbers to benchmarks/results/README.md).
 #
 #   bash benchmarks/gpu_preflight.sh            # both stages (about 10 minutes)
 #   bash benchmarks/gpu_preflight.sh doctor     # stage 1 only (at most ~5 minutes)

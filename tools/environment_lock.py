@@ -61,7 +61,7 @@ def read_lock(path: str | Path = LOCK_FILE) -> list[LockedPackage]:
     if not path.is_file():
         raise FileNotFoundError(
             f"lock file {path} not found; it ships with the repository (run from a checkout, or "
-            f"regenerate it with the command in README.md)")
+            f"regenerate it with `make lock`, docs/environment.md)")
     packages = []
     for number, raw in enumerate(path.read_text().splitlines(), start=1):
         line = raw.split(" #", 1)[0].strip()
@@ -74,7 +74,7 @@ def read_lock(path: str | Path = LOCK_FILE) -> list[LockedPackage]:
         pins = [s for s in req.specifier if s.operator == "=="]
         if len(pins) != 1 or len(req.specifier) != 1:
             raise ValueError(f"{path}:{number}: {raw!r} is not an exact '==' pin; regenerate the "
-                             f"lock with the command in README.md")
+                             f"lock with `make lock` (docs/environment.md)")
         packages.append(LockedPackage(canonical_name(req.name), pins[0].version,
                                       str(req.marker) if req.marker else ""))
     return packages

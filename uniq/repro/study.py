@@ -26,7 +26,15 @@ from .claims import chance_holds, evaluate_claims, per_cell_summary  # noqa: F40
 from .comparable import comparable_to_paper, paper_differences, setting_differences
 from .config import FULL_PRECISION, CifarConfig, ImageNetConfig, as_flags
 from .figures import DPI, show
-from .paper import PAPER_NAMES, REPORTED, check_reported, paper_tables, paper_value, with_diff
+from .paper import (  # noqa: F401 - table1: notebook 2
+    PAPER_NAMES,
+    REPORTED,
+    check_reported,
+    paper_tables,
+    paper_value,
+    table1,
+    with_diff,
+)
 from .paths import resolve_path
 from .recipes import get_recipe, lr_at  # noqa: F401 - lr_at: notebook 4
 from .repro_summary import seed_noise  # noqa: F401 - notebook 4
