@@ -166,7 +166,7 @@ def write(tmp_path, *rows, header=HEADER):
 GOOD = "c1,Table 4,UniQ beats LSQ,top1_final,t4/uniq/4b,t4/lsq/4b,greater,,0.2,paper;quick"
 
 
-def test_the_repository_claims_file_is_valid_and_covers_the_issue():
+def test_the_repository_claims_file_is_valid_and_covers_every_claim():
     claims = C.load_claims()
     assert claims["id"].is_unique
     assert set(claims["source"]) >= {"Table 2", "Table 4", "Table 5", "Table 6", "Figure 3",

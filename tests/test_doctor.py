@@ -54,7 +54,7 @@ def test_bad_flags_are_one_line_errors(tmp_path, capsys, args, message):
 
 
 def test_quick_doctor_runs_every_group_on_the_cpu(tmp_path, capsys):
-    """The CPU path of the whole doctor, as the issue asks of the default tier (2-7 s on 2
+    """The CPU path of the whole doctor, as the default tier needs it (2-7 s on 2
     cores)."""
     torch.manual_seed(0)
     code, printed, report = _run(tmp_path, capsys, "--quick")

@@ -107,7 +107,7 @@ def test_tables_summarise_seeds_with_intervals():
     assert list(t.columns[:3]) == ["experiment", "method", "bits"]
 
 
-# --- issue 19: comparability is one rule; claims pool only runs of one setting -----------------
+# --- comparability is one rule; claims pool only runs of one setting -----------------
 
 
 def _fake_imagenet_run(runs_dir, top1, **kw):
@@ -225,7 +225,7 @@ def test_skewness_claims_on_weights_that_did_not_move_are_inconclusive():
 
 
 def test_the_laptop_profile_resolves_and_auto_picks_by_device(tmp_path, monkeypatch):
-    """``PROFILE = "auto"`` (the notebooks' default) is ``laptop`` without a GPU (issue 20),
+    """``PROFILE = "auto"`` (the notebooks' default) is ``laptop`` without a GPU,
     ``quick`` with one, and every notebook's parameter comment says so; the laptop profile
     trains on the generated fine-detail data, its own runs."""
     import json

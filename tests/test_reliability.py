@@ -240,7 +240,7 @@ def test_lock_waiter_returns_the_finished_run(tmp_path):
     assert "preparing" not in second.stdout
 
 
-# --- issue 19: bad files never become numbers, never tracebacks --------------------------------
+# --- bad files never become numbers, never tracebacks --------------------------------
 
 
 class _Payload:

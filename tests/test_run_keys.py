@@ -98,7 +98,7 @@ def test_the_frozen_file_covers_every_command():
     assert set(_frozen()["commands"]) == set(COMMANDS)
 
 
-# --- identity: every field either changes the key or is placement (issue 19) -----------------
+# --- identity: every field either changes the key or is placement -----------------
 
 # A different valid value for every config field of both tasks: a new field fails the walk
 # below until it is listed here (and then either hashed or in uniq.repro.config.PLACEMENT).

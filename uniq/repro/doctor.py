@@ -40,7 +40,7 @@ from .tasks import imagenet_data, make_model
 from .train import fit, prepare, set_precision, train_step
 
 GROUPS = ("versions", "devices", "tf32", "training", "memory", "ddp", "loaders")
-TARGET_RATIO = {"cpu": 1.7, "cuda": 1.15}  # UniQ/FP step, eager fp32 (issue 22's targets)
+TARGET_RATIO = {"cpu": 1.7, "cuda": 1.15}  # UniQ/FP step, eager fp32: the targets of the preflight
 TARGET_IMAGENET_IMAGES_S = 2500  # per GPU, ResNet-18 2-bit, decoding included
 
 

@@ -161,8 +161,8 @@ PROFILES = {
 }
 
 
-# Without a GPU the notebooks open in the profile whose numbers mean something on 2 cores
-# (issue 20); ``reproduce`` and CI name ``smoke`` themselves.
+# Without a GPU the notebooks open in the profile whose numbers mean something on 2 cores;
+# ``reproduce`` and CI name ``smoke`` themselves.
 CPU_DEFAULT = "laptop"
 
 
