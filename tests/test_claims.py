@@ -180,7 +180,8 @@ def test_the_repository_claims_file_is_valid_and_covers_every_claim():
             assert (f"t5/{bits}b/init=mse", f"t5/{bits}b/init={other}") in pairs
     assert ("t6/sgd-warmup5", "t6/sgd-lr0.01") in pairs
     assert ("t6/adam-warmup5", "t6/adam-lr0.004") in pairs
-    assert ("t6/sgd-lr0.01", "t6/adam-lr0.004") in pairs
+    assert ("f4/sgd-lr0.01", "f4/sgd-warmup5") in pairs  # Figure 4: its own runs' keys
+    assert ("f4/sgd-lr0.01", "f4/adam-lr0.004") in pairs
     # paper effects are the paper's a - b, read independently from its tables
     paper = pd.read_csv(C.CLAIMS_PATH.parent / "paper_tables.csv")
     t4 = paper[paper.table == 4].set_index(["method", "weight_bits"]).value
@@ -346,7 +347,7 @@ def test_plot_claims_without_warnings(tmp_path):
         for seed in range(2 if k != "t4/lsq/4b" else 1):
             for metric in ("top1_final", "weight_skew_change:A", "weight_skew_change:B",
                            "weight_abs_skew_change:A", "weight_abs_skew_change:B",
-                           "sqnr_gap_early"):
+                           "sqnr_gap_after_warmup"):
                 rows.append({"experiment": k, "seed": seed, "metric": metric,
                              "value": rng.normal(0, 1)})
     missing = {k: [f"train {k}"] for k in keys if k.startswith("t2/")}

@@ -4,6 +4,7 @@ train exactly those runs, seeds, workers sharing one list, and per-seed tables."
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import env
@@ -17,18 +18,22 @@ def test_a_profile_needs_23_distinct_runs_per_seed(tmp_path, profile):
     ctx = X.context(profile=profile, results_dir=str(tmp_path / "res"), runs_dir=str(tmp_path),
                     seeds=1)
     rows = X.plan(ctx)
-    assert len(rows) == 23 and len({r["run"] for r in rows}) == 23
+    own = 4 if profile == "laptop" else 0  # the laptop trains Figure 4's runs itself, one seed
+    assert len(rows) == 23 + own and len({r["run"] for r in rows}) == 23 + own
     assert {r["state"] for r in rows} == {"missing"}
     assert len(X.plan(X.context(profile=profile, results_dir=str(tmp_path / "r"),
                                 runs_dir=str(tmp_path), seeds=3))) \
-        == 1 + 22 * 3
-    # Figure 3 and 4 runs are cells of Tables 4 and 6; the Table 4 1-bit run is Table 6's
-    # "Adam, warm-up 5" row; Table 5's MSE cells are Table 4's UniQ cells
+        == 1 + 22 * 3 + own
+    # Figure 3 runs are cells of Table 4, and Figure 4's (but the laptop's) of Tables 4 and 6;
+    # the Table 4 1-bit run is Table 6's "Adam, warm-up 5" row; Table 5's MSE cells are Table
+    # 4's UniQ cells
     keys = {e.key: X.config(ctx, e).key() for e in X.experiments(ctx)}
+    for key, cell, _ in X.FIGURE4:
+        assert (keys[key] == keys[cell]) == (profile != "laptop")
     assert keys["t4/uniq/1b"] == keys["t6/adam-warmup5"]
     assert keys["t5/2b/init=mse"] == keys["t4/uniq/2b"]
     assert keys["t5/3b/init=mse"] == keys["t4/uniq/3b"]
-    assert len(set(keys.values())) == 23
+    assert len(set(keys.values())) == 23 + own
 
 
 def test_each_listed_command_trains_exactly_the_listed_run(tmp_path):
@@ -173,12 +178,54 @@ def test_tables_and_claims_agree_on_comparability(tmp_path, profile):
     assert (pd.read_csv(ctx.results_dir / "t.csv").comparable_to_paper == comparable).all()
 
 
-def test_figure4_early_window_is_the_first_30_of_350_epochs_scaled():
-    dyn = pd.DataFrame({"layer": "L", "epoch_float": [0.0, 2.0, 2.9, 3.1, 10.0, 30.0],
-                        "optimal_sqnr_db": 10.0, "sqnr_db": [9.0, 8.0, 7.0, 0.0, 0.0, 0.0]})
-    # 35 epochs: the window is the first 3 epochs (30/350 of the run)
-    assert X.sqnr_gap_early(dyn, "L", 35) == pytest.approx((1 + 2 + 3) / 3)
-    assert X.FIGURE4_EARLY == pytest.approx(30 / 350)
+@pytest.mark.parametrize("profile", list(X.PROFILES))
+def test_figure4_claims_compare_only_probes_after_the_warm_up(profile, tmp_path):
+    """One mapping of the paper's 5 warm-up and 30 epochs for the figure and its claims: the
+    warm-up run warms up exactly until the window opens, every Figure 4 run is as long as the
+    figure, and the gap reads only probes after the warm-up (or nothing: "not run")."""
+    ctx = X.context(profile, str(tmp_path / "res"), str(tmp_path / "runs"))
+    w = X.figure4_window(ctx)
+    assert w.warmup_end == pytest.approx(5 * w.scale) and w.end == pytest.approx(30 * w.scale)
+    for e in X.experiments(ctx, 0):
+        cfg = X.config(ctx, e, 0).resolved()
+        assert cfg.epochs == w.run_epochs
+        if e.key == "f4/sgd-warmup5":
+            assert cfg.recipe_obj().warmup_epochs == pytest.approx(w.warmup_end)
+    # probes every 1/64 epoch over the run, the warm-up boundary among them; a probe at or
+    # before the warm-up's end reads 100 dB below the optimum, every later one 1 dB
+    grid = np.union1d(np.arange(0, w.run_epochs, 1 / 64), [w.warmup_end])
+    dyn = pd.DataFrame({"layer": "L", "epoch_float": grid, "optimal_sqnr_db": 10.0,
+                        "sqnr_db": np.where(grid <= w.warmup_end, -90.0, 9.0)})
+    gap = X.sqnr_gap_after_warmup(dyn, "L", w)
+    if profile == "smoke":  # 2 epochs cannot hold the paper's 30 at the warm-up's scale
+        assert not w.fits and gap is None
+    else:
+        assert w.fits and gap == pytest.approx(1.0)
+
+
+def test_figure4_gap_is_the_mean_over_the_window():
+    w = X.Figure4Window(scale=0.1, warmup_end=0.5, end=3.0, run_epochs=4)
+    dyn = pd.DataFrame({"layer": ["L"] * 6 + ["M"], "epoch_float": [0, .5, .6, 2, 3, 3.5, 1],
+                        "optimal_sqnr_db": 10.0, "sqnr_db": [0, 0, 9, 8, 7, 0, 0]})
+    assert X.sqnr_gap_after_warmup(dyn, "L", w) == pytest.approx((1 + 2 + 3) / 3)
+    assert X.sqnr_gap_after_warmup(dyn[dyn.epoch_float < 0.5], "L", w) is None
+
+
+def test_laptop_figure4_runs_are_the_papers_first_30_of_350_epochs_scaled(tmp_path):
+    """The laptop's own Figure 4 runs: the learning rate at each mapped epoch is the paper's
+    (a cosine over 350 epochs, of which the figure sees 30), from the profile's FP run."""
+    from uniq.repro.recipes import lr_at
+
+    ctx = X.context("laptop", str(tmp_path / "res"), str(tmp_path / "runs"))
+    w = X.figure4_window(ctx)
+    assert ctx.profile.figure4 is not None
+    for key, recipe in (("f4/sgd-warmup5", "sgd-warmup5"), ("f4/adam-lr0.004", "adam-lr0.004")):
+        cfg = X.config(ctx, X.experiment(ctx, key), 0).resolved()
+        assert X.CifarConfig.from_dict(cfg.init_from).key() == X.fp_config(ctx).key()
+        paper = X.get_recipe(recipe)
+        for p in (0.0, 4.9, 5.0, 17.0, 29.9):
+            assert lr_at(cfg.recipe_obj(), p * w.scale, cfg.schedule_epochs) == \
+                pytest.approx(lr_at(paper, p, 350))
 
 
 def test_skewness_claims_on_weights_that_did_not_move_are_inconclusive():

@@ -190,9 +190,11 @@ def test_figures_draw_without_warnings_and_titles_say_what_ran(recwarn):
     dynamics = pd.DataFrame({"layer": layer, "epoch_float": [0.0, 0.5, 1.0],
                              "step_size": [1.0, 1.0001, 1.0002], "input_std": [1.0, 1.1, 1.2],
                              "sqnr_db": [5.0, 5.5, 6.0], "optimal_sqnr_db": 5.5})
-    fig = plots.dynamics_figure([(title, dynamics, 0.25)], layer, title="dynamics")
+    fig = plots.dynamics_figure([(title, dynamics, 0.25)], layer, title="dynamics",
+                                max_epoch=1.0, scale=0.1)
     heading = fig.axes[0].get_title()
-    assert "0.25-epoch" in heading and "+0.02% over the run" in heading
+    assert "0.25-epoch" in heading and "+0.02% over the span" in heading
+    assert fig.axes[0].get_xlim() == (0.0, 1.0)
     plt.close(fig)
     assert [str(w.message) for w in recwarn] == []
 

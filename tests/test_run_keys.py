@@ -107,6 +107,7 @@ ALTERNATIVES = {
     "signed_inputs": "unsigned", "init_scope": "all", "first_last_bits": 6,
     "first_last_weight_granularity": "channel", "overrides": "FIRST=4", "recipe": "sgd-lr0.005",
     "lr": 0.02, "warmup_epochs": 1.0, "weight_decay": 0.0, "warmup_scale": 0.5, "epochs": 7,
+    "schedule_epochs": 30.0,
     "batch_size": 64, "calib_batches": 3, "seed": 1, "precision": "bf16", "sync_bn": True,
     "init_from": "OTHER", "init_from_run": "FILE", "dynamics_per_epoch": 1,
     "compile": "default", "device": "cpu", "channels_last": True, "runs_dir": "elsewhere",
@@ -115,7 +116,8 @@ ALTERNATIVES = {
     # CIFAR
     "dataset": "cifar100", "cifar_stats": "exact", "data_fraction": 0.5, "synthetic_train": 256,
     "synthetic_test": 100,
-    "depth": 14, "loader": "dataloader", "fp_epochs": 2, "fp_seed": 1, "download": False,
+    "depth": 14, "loader": "dataloader", "fp_epochs": 2, "fp_seed": 1, "fp_batch_size": 32,
+    "download": False,
     "verify_data": False,
     # ImageNet
     "arch": "preresnet34", "pretrained": "pytorchcv", "image_size": 64, "augment": False,

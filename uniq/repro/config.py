@@ -96,6 +96,9 @@ class RunConfig:
     weight_decay: float | None = option(None, "override the weight decay (never on steps)")
     warmup_scale: float = option(1.0, "multiply the recipe's warm-up epochs (short profiles)")
     epochs: int = option(350, "training epochs")
+    schedule_epochs: float = option(0.0, "length in epochs of the learning-rate schedule of "
+                                    "which this run trains the start (0: the run's epochs; "
+                                    "Figure 4 follows the first 30 of 350 epochs)")
     batch_size: int = option(128, "global batch size, over all processes")
     calib_batches: int = option(100, "batches for the step-size calibration (Eq. 10)")
     seed: int = option(0, "random seed (part of the run's hash)")
@@ -213,6 +216,7 @@ class RunConfig:
         c.warmup_epochs = float(base.warmup_epochs if c.warmup_epochs is None
                                 else c.warmup_epochs) * c.warmup_scale
         c.warmup_scale = 1.0
+        c.schedule_epochs = 0.0 if c.schedule_epochs == c.epochs else float(c.schedule_epochs)
         c.weight_decay = float(c.default_weight_decay(base) if c.weight_decay is None
                                else c.weight_decay)
         c.recipe_obj()  # validates the overrides
@@ -255,6 +259,8 @@ class RunConfig:
         for f in dataclasses.fields(c):
             if f.metadata.get("hashed", True) and f.name not in ("recipe", "warmup_scale"):
                 out[f.name] = getattr(c, f.name)
+        if not c.schedule_epochs:  # the whole schedule: left out, so such runs keep their keys
+            del out["schedule_epochs"]
         if c.init_from is not None:
             out["init_from"] = type(c).from_dict(c.init_from).key()
         if c.init_from_run:
@@ -323,6 +329,7 @@ the keys of scheme 2 were made: a change of any constant adds them all to the ke
 ENTERS_VIA = {
     "fp_epochs": "init_from (the full-precision parent's key)",
     "fp_seed": "init_from (the full-precision parent's key)",
+    "fp_batch_size": "init_from (the full-precision parent's key)",
 }
 """Unhashed fields that change the computation through another hashed field."""
 
@@ -408,6 +415,9 @@ def validate_fields(cfg: RunConfig) -> None:
             raise ValueError(f"{name} must be {'> 0' if name == 'lr' else '>= 0'}, got {v}")
     if cfg.warmup_scale < 0:
         raise ValueError(f"warmup_scale must be >= 0, got {cfg.warmup_scale}")
+    if cfg.schedule_epochs and cfg.schedule_epochs < cfg.epochs:
+        raise ValueError(f"schedule_epochs ({cfg.schedule_epochs:g}) must be 0 or at least the "
+                         f"run's epochs ({cfg.epochs}): a run trains the start of its schedule")
 
 
 def start_file(path: Path) -> Path:
@@ -478,6 +488,8 @@ class CifarConfig(RunConfig):
                             hashed=False)
     fp_seed: int = option(0, "seed of the full-precision run a quantized run starts from",
                           hashed=False)
+    fp_batch_size: int = option(0, "batch size of the full-precision run a quantized run "
+                                "starts from (0: this run's)", hashed=False)
     download: bool = option(True, "download CIFAR-100 with torchvision when missing",
                             hashed=False)
     verify_data: bool = option(True, "check the CIFAR-100 files against the official MD5s "
@@ -508,6 +520,9 @@ class CifarConfig(RunConfig):
                              f"got {self.depth}")
         if not 0 < self.data_fraction <= 1:
             raise ValueError(f"data_fraction must be in (0, 1], got {self.data_fraction}")
+        if self.fp_batch_size < 0:
+            raise ValueError(f"fp_batch_size must be >= 0 (0: this run's), got "
+                             f"{self.fp_batch_size}")
         for name in ("synthetic_train", "synthetic_test", "fp_epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
@@ -518,10 +533,10 @@ class CifarConfig(RunConfig):
         if self.bits == FULL_PRECISION:
             return None
         keep = ("dataset", "cifar_stats", "data_fraction", "synthetic_train", "synthetic_test",
-                "depth",
-                "batch_size", "precision", "sync_bn", "dynamics_per_epoch", "loader", "compile",
+                "depth", "precision", "sync_bn", "dynamics_per_epoch", "loader", "compile",
                 "workers")
         return CifarConfig(bits=FULL_PRECISION, epochs=self.fp_epochs, seed=self.fp_seed,
+                           batch_size=self.fp_batch_size or self.batch_size,
                            **{k: getattr(self, k) for k in keep})
 
     def example_input(self) -> torch.Tensor:

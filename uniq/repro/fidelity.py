@@ -44,7 +44,7 @@ def facts() -> dict:
     )
     from .generated import DATA_SEED, GENERATOR_CONSTANTS
     from .recipes import IMAGENET_WEIGHT_DECAY, RECIPES
-    from .study import FIGURE4_EARLY, MIN_MOVED, PAPER_EPOCHS, PROFILES
+    from .study import FIGURE4_EPOCHS, FIGURE4_WARMUP, MIN_MOVED, PAPER_EPOCHS, PROFILES
 
     cifar, imagenet = CifarConfig(), ImageNetConfig()
     confidence = inspect.signature(evaluate_claims).parameters["confidence"].default
@@ -76,7 +76,11 @@ def facts() -> dict:
         "quick_epochs": PROFILES["quick"].epochs,
         "seeds": {name: len(p.seeds) for name, p in PROFILES.items()},
         "min_moved": f"{100 * MIN_MOVED:g}",
-        "figure4_epochs": f"{FIGURE4_EARLY * PAPER_EPOCHS:g}", "paper_epochs": PAPER_EPOCHS,
+        "figure4_epochs": FIGURE4_EPOCHS, "figure4_warmup": FIGURE4_WARMUP,
+        "paper_epochs": PAPER_EPOCHS,
+        "laptop_f4_epochs": PROFILES["laptop"].figure4.epochs,
+        "laptop_f4_batch": PROFILES["laptop"].figure4.batch_size,
+        "laptop_batch": PROFILES["laptop"].batch_size,
         "synthetic": GENERATOR_CONSTANTS["synthetic"],
         "finegrain": GENERATOR_CONSTANTS["finegrain"],
         "data_seed": DATA_SEED,

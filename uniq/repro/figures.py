@@ -229,12 +229,14 @@ def weight_histograms(models: dict, layers: list[str], bins: int = 120, title: s
 
 @_legible
 def dynamics_figure(panels: list[tuple[str, pd.DataFrame, float]], layer: str,
-                    max_epoch: float = 30, title: str | None = None):
+                    max_epoch: float = 30, title: str | None = None,
+                    scale: float | None = None):
     """Figure 4: step size, input std and SQNR of one activation quantizer per run.
 
     ``panels``: (title, dynamics DataFrame, warm-up epochs) per run. The grey band is the
     warm-up; each column's heading says by how much the step moved over the plotted span, so a
-    change too small to see is still stated."""
+    change too small to see is still stated. ``scale``: run epochs per paper epoch; the top
+    row then also reads in the paper's epochs."""
     columns = len(panels)
     fig, axes = subplots(3, columns, figsize=(min(2.6 * columns + 0.6, 10.5), 8.4),
                              squeeze=False, sharex=True)
@@ -255,10 +257,16 @@ def dynamics_figure(panels: list[tuple[str, pd.DataFrame, float]], layer: str,
                         transform=ax.transAxes)
                 continue
             ax.plot(d.epoch_float, d[key], lw=1.5, marker="." if len(d) < 40 else None)
+            ax.set_xlim(0, max_epoch)
+            if row == 0 and scale:
+                top = ax.secondary_xaxis("top", functions=(lambda e: e / scale,
+                                                           lambda p: p * scale))
+                top.set_xlabel("the paper's epoch", fontsize=8)
+                top.tick_params(labelsize=7)
             if key == "step_size":
                 first, last = float(d[key].iloc[0]), float(d[key].iloc[-1])
                 change = 100 * (last - first) / first if first else float("nan")
-                heading += f"\nstep {change:+.2g}% over the run"
+                heading += f"\nstep {change:+.2g}% over the span"
             if key == "sqnr_db":
                 handles["optimal SQNR for a Gaussian input (Table 1)"] = ax.axhline(
                     d.optimal_sqnr_db.iloc[0], ls="--", color="tab:orange")

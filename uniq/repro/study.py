@@ -11,7 +11,7 @@ from __future__ import annotations
 import shlex
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +53,24 @@ from .train import fit
 PAPER_EPOCHS = 350
 
 
+FIGURE4_EPOCHS = 30
+"""Figure 4 follows the first 30 of the paper's 350 epochs (Section 5.2)."""
+FIGURE4_WARMUP = 5
+"""... of which the first 5 are the warm-up of panel (c), at lr 0.001."""
+
+
+@dataclass(frozen=True)
+class Figure4Runs:
+    """Figure 4's own runs, for a profile whose table runs are too short for the step to move:
+    the paper's 30 epochs become ``epochs`` epochs at batch ``batch_size`` (more optimizer
+    steps for the same images), each started from the profile's full-precision run."""
+
+    epochs: int
+    batch_size: int
+    seeds: int = 1
+    """How many of the context's seeds they run (their claims need two or more)."""
+
+
 @dataclass(frozen=True)
 class Profile:
     """How big the reproduction is. ``warmup_scale`` maps the paper's warm-up epochs (5, 10)
@@ -76,6 +94,7 @@ class Profile:
     """CPU threads of each run (0: PyTorch's default, all cores). Fixed for the CPU profiles:
     another count rounds float sums differently, and the tables must not depend on how many
     runs train at once (``uniq.repro.jobs``)."""
+    figure4: Figure4Runs | None = None
 
     @property
     def comparable(self) -> bool:
@@ -143,12 +162,14 @@ PROFILES = {
     # Chosen on full-precision accuracy, seed-to-seed sd, weight movement and time only, never
     # on a claim's verdict (README: the laptop profile): 7,500 training images give 702 steps
     # per quantized run, enough for the 2-bit weights to move past 5%, with a seed sd of 0.27
-    # over 5 seeds; 3 FP epochs keep full precision below saturation.
+    # over 5 seeds; 3 FP epochs keep full precision below saturation. Figure 4 has its own
+    # runs (2,811 steps at batch 8 instead of 702 at 32), chosen on how far the input std and
+    # the 2-bit step move and on time only (docs/profiles.md).
     "laptop": Profile("laptop", "finegrain", depth=8, batch_size=32, fp_epochs=3, epochs=3,
                       calib_batches=10, warmup_scale=0.1, seeds=(0, 1, 2),
                       synthetic_train=7_500, synthetic_test=5_000, dynamics_per_epoch=8,
-                      expected_time="about 16 minutes on 2 idle CPU cores (README)",
-                      threads=1),
+                      expected_time="about 18 minutes on 2 idle CPU cores (estimate)",
+                      threads=1, figure4=Figure4Runs(epochs=3, batch_size=8)),
     "quick": Profile("quick", "cifar100", depth=32, batch_size=128, fp_epochs=60, epochs=30,
                      calib_batches=100, warmup_scale=1.0, seeds=(0, 1, 2),
                      dynamics_per_epoch=8, compile="default",
@@ -316,7 +337,13 @@ TABLE6 = (
 
 
 def experiments(ctx: Context, table: int | None = None) -> list[Experiment]:
-    """The cells of Tables 4, 5 and 6 (or of one of them), in the paper's order."""
+    """The cells of Tables 4, 5 and 6 (or of one of them), in the paper's order, then Figure
+    4's runs (``table`` 0)."""
+    out = _table_cells(ctx) + figure4_experiments(ctx)
+    return [e for e in out if table is None or e.table == table]
+
+
+def _table_cells(ctx: Context) -> list[Experiment]:
     out = [Experiment("t4/fp", 4, (("method", "FP"), ("bits", "32/32")), 32,
                       paper_top1=paper_value(4, "fp", FULL_PRECISION))]
     for method, label in (("lsq", "LSQ"), ("uniq", "UniQ")):
@@ -339,7 +366,7 @@ def experiments(ctx: Context, table: int | None = None) -> list[Experiment]:
             ("optimizer", optimizer), ("schedule", schedule), ("lr", r.lr),
             ("warmup_epochs", warm)), 1, "uniq", "mse", recipe,
             paper_top1=paper_value(6, paper_name, 1)))
-    return [e for e in out if table is None or e.table == table]
+    return out
 
 
 def experiment(ctx: Context, key: str) -> Experiment:
@@ -354,15 +381,26 @@ def config(ctx: Context, e: Experiment, seed: int = 0) -> CifarConfig:
     full-precision run (seed 0; Section 5.2); the warm-up is scaled by the profile."""
     if e.bits == FULL_PRECISION:
         return CifarConfig(bits=FULL_PRECISION, epochs=ctx.profile.fp_epochs, seed=0, **ctx.base())
-    return CifarConfig(bits=e.bits, method=e.method, init=e.init, recipe=e.recipe,
-                       warmup_scale=ctx.profile.warmup_scale, epochs=ctx.profile.epochs,
-                       seed=seed, **ctx.base())
+    cfg = CifarConfig(bits=e.bits, method=e.method, init=e.init, recipe=e.recipe,
+                      warmup_scale=ctx.profile.warmup_scale, epochs=ctx.profile.epochs,
+                      seed=seed, **ctx.base())
+    f = ctx.profile.figure4
+    if e.key.startswith("f4/") and f is not None:  # Figure 4's own, longer runs
+        scale = figure4_window(ctx).scale  # the first 30 of 350 paper epochs, scaled
+        cfg = replace(cfg, epochs=f.epochs, batch_size=f.batch_size,
+                      fp_batch_size=ctx.profile.batch_size, warmup_scale=scale,
+                      schedule_epochs=round(PAPER_EPOCHS * scale, 6))
+    return cfg
 
 
 def seeds_of(ctx: Context, e: Experiment) -> tuple[int, ...]:
-    """The seeds an experiment runs: the full-precision start once (seed 0), every other cell
-    with every seed of the context."""
-    return (0,) if e.bits == FULL_PRECISION else ctx.seeds
+    """The seeds an experiment runs: the full-precision start once (seed 0), Figure 4's own
+    runs with the first ``Figure4Runs.seeds``, every other cell with every seed of the
+    context."""
+    if e.bits == FULL_PRECISION:
+        return (0,)
+    f = ctx.profile.figure4
+    return ctx.seeds[:f.seeds] if e.key.startswith("f4/") and f is not None else ctx.seeds
 
 
 def fp_config(ctx: Context) -> CifarConfig:
@@ -568,21 +606,54 @@ def table_title(ctx: Context, table: int) -> str:
 # --- figures ----------------------------------------------------------------------------------
 
 
-def figure4_panels(ctx: Context) -> list[tuple[str, str]]:
-    """(title, experiment key) of Figure 4's panels, titled with this profile's warm-up."""
-    w = ctx.profile.warmup(5)
-    return [("(a) 2-bit, SGD lr 0.01", "t4/uniq/2b"),
-            ("(b) 1-bit, SGD lr 0.01, no warm-up", "t6/sgd-lr0.01"),
-            (f"(c) 1-bit, SGD, {w:g}-epoch warm-up at 0.001", "t6/sgd-warmup5"),
-            ("(d) 1-bit, Adam lr 0.004", "t6/adam-lr0.004")]
+FIGURE4 = (("f4/2b", "t4/uniq/2b", "(a) 2-bit, SGD lr 0.01"),
+           ("f4/sgd-lr0.01", "t6/sgd-lr0.01", "(b) 1-bit, SGD lr 0.01, no warm-up"),
+           ("f4/sgd-warmup5", "t6/sgd-warmup5", "(c) 1-bit, SGD, warm-up at 0.001"),
+           ("f4/adam-lr0.004", "t6/adam-lr0.004", "(d) 1-bit, Adam lr 0.004"))
+"""Figure 4's panels: (experiment key, the table cell it repeats, title)."""
+
+
+@dataclass(frozen=True)
+class Figure4Window:
+    """The one mapping of the paper's Figure 4 onto this profile's runs, used by the figure
+    and by its claims: ``scale`` run epochs per paper epoch, so the warm-up ends at
+    ``warmup_end`` and the figure spans ``end`` run epochs. The claims compare the probes
+    after the warm-up, in ``(warmup_end, end]``, as the paper compares its panels after it."""
+
+    scale: float
+    warmup_end: float
+    end: float
+    run_epochs: int
+
+    @property
+    def fits(self) -> bool:
+        """Whether the runs are long enough to hold the whole window (else its claims are
+        not run)."""
+        return self.end <= self.run_epochs + 1e-9
+
+
+def figure4_window(ctx: Context) -> Figure4Window:
+    """Where the paper's 5 warm-up epochs and 30 epochs fall in this profile's Figure 4 runs:
+    their own runs' length when the profile has them, else the warm-up scale of the tables."""
+    f = ctx.profile.figure4
+    scale = f.epochs / FIGURE4_EPOCHS if f else ctx.profile.warmup_scale
+    epochs = f.epochs if f else ctx.profile.epochs
+    return Figure4Window(scale, FIGURE4_WARMUP * scale, FIGURE4_EPOCHS * scale, epochs)
+
+
+def figure4_experiments(ctx: Context) -> list[Experiment]:
+    """Figure 4's four runs as experiments (every seed, for the claims). Without dedicated
+    runs they are the table cells themselves (the same keys: trained once)."""
+    cells = {e.key: e for e in _table_cells(ctx)}
+    return [replace(cells[cell], key=key, table=0, columns=(("panel", title),))
+            for key, cell, title in FIGURE4]
 
 
 def figure4_runs(ctx: Context, seed: int | None = None) -> list[tuple[str, Run]]:
-    """The four runs of Figure 4 (first seed): they are cells of Tables 4 and 6."""
+    """(title, run) of Figure 4's four panels (first seed)."""
     seed = ctx.seeds[0] if seed is None else seed
-    panels = figure4_panels(ctx)
-    runs = ensure(ctx, [k for _, k in panels], "Figure 4")
-    return [(title, runs[(key, seed)]) for title, key in panels]
+    runs = ensure(ctx, [k for k, _, _ in FIGURE4], "Figure 4")
+    return [(title, runs[(key, seed)]) for key, _, title in FIGURE4]
 
 
 def body_layers(model) -> list[str]:
@@ -613,23 +684,22 @@ def figure3_runs(ctx: Context, seed: int | None = None) -> dict[str, Run]:
 # --- measurements for the claims ------------------------------------------------------------
 
 
-FIGURE4_EARLY = 30 / PAPER_EPOCHS
-"""Figure 4's early window: the paper's figure looks at the first 30 of 350 epochs."""
 MIN_MOVED = 0.05
 """Relative distance ``||W - W0|| / ||W0||`` below which trained weights count as not moved
 from their full-precision start: a skewness claim on them is inconclusive (a project choice;
 the paper trains 350 epochs, where the weights move far more)."""
 
 
-def sqnr_gap_early(dynamics: pd.DataFrame, layer: str, epochs: int,
-                   fraction: float = FIGURE4_EARLY) -> float:
+def sqnr_gap_after_warmup(dynamics: pd.DataFrame, layer: str,
+                          window: Figure4Window) -> float | None:
     """Mean of (optimal SQNR - measured SQNR) in dB for one activation quantizer over the
-    probes in the first ``fraction`` of training (Figure 4's claim: the paper's first 30 of
-    350 epochs, scaled to the run's length)."""
-    d = dynamics[(dynamics.layer == layer) & (dynamics.epoch_float < fraction * epochs)]
-    if d.empty:
-        d = dynamics[dynamics.layer == layer].head(2)
-    return float((d.optimal_sqnr_db - d.sqnr_db).mean())
+    probes after the paper's warm-up and within its 30 epochs (``window``: Figure 4's
+    mapping). None when the run cannot hold the window or has no probe in it."""
+    if not window.fits:
+        return None
+    d = dynamics[(dynamics.layer == layer) & (dynamics.epoch_float > window.warmup_end)
+                 & (dynamics.epoch_float <= window.end)]
+    return float((d.optimal_sqnr_db - d.sqnr_db).mean()) if len(d) else None
 
 
 def measurements(ctx: Context, train: bool = False) -> tuple[pd.DataFrame, dict]:
@@ -665,12 +735,13 @@ def measurements(ctx: Context, train: bool = False) -> tuple[pd.DataFrame, dict]
                             ("weight_abs_skew_change", abs(change)),
                             ("weight_moved", float(np.linalg.norm(w - w0) / np.linalg.norm(w0)))):
                         rows.append({**base, "metric": f"{metric}:{tag}", "value": value})
-            if e.key in ("t6/sgd-lr0.01", "t6/sgd-warmup5", "t6/adam-lr0.004", "t4/uniq/2b"):
+            if e.key.startswith("f4/"):
                 dyn = r.dynamics()
                 if not dyn.empty:
                     layer = layer_cache.setdefault("f4", [figure4_layer(r.model())])[0]
-                    rows.append({**base, "metric": "sqnr_gap_early",
-                                 "value": sqnr_gap_early(dyn, layer, r.config.epochs)})
+                    gap = sqnr_gap_after_warmup(dyn, layer, figure4_window(ctx))
+                    if gap is not None:  # a run too short for the window: "not run"
+                        rows.append({**base, "metric": "sqnr_gap_after_warmup", "value": gap})
     cols = ["experiment", "seed", "metric", "value", "run"]
     return pd.DataFrame(rows, columns=cols), missing
 

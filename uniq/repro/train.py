@@ -401,7 +401,7 @@ def train_one_epoch(cfg: RunConfig, net: nn.Module, model: nn.Module,
     seen, probes, lr = 0, [], recipe.lr
     progress = Progress(f"{label} epoch {epoch + 1}/{cfg.epochs}", n, quiet or not d.main)
     for i, (x, y) in enumerate(loader):
-        lr = lr_at(recipe, epoch + i / n, cfg.epochs)
+        lr = lr_at(recipe, epoch + i / n, cfg.schedule_epochs or cfg.epochs)
         set_lr(optimizer, lr)
         x = x.to(dtype)
         if probing and i % probe_every == 0:
