@@ -183,7 +183,8 @@ def test_figure4_claims_compare_only_probes_after_the_warm_up(profile, tmp_path)
     """One mapping of the paper's 5 warm-up and 30 epochs for the figure and its claims: the
     warm-up run warms up exactly until the window opens, every Figure 4 run is as long as the
     figure, and the gap reads only probes after the warm-up (or nothing: "not run")."""
-    ctx = X.context(profile, str(tmp_path / "res"), str(tmp_path / "runs"))
+    ctx = X.context(profile=profile, results_dir=str(tmp_path / "res"),
+                    runs_dir=str(tmp_path / "runs"))
     w = X.figure4_window(ctx)
     assert w.warmup_end == pytest.approx(5 * w.scale) and w.end == pytest.approx(30 * w.scale)
     for e in X.experiments(ctx, 0):
@@ -216,7 +217,8 @@ def test_laptop_figure4_runs_are_the_papers_first_30_of_350_epochs_scaled(tmp_pa
     (a cosine over 350 epochs, of which the figure sees 30), from the profile's FP run."""
     from uniq.repro.recipes import lr_at
 
-    ctx = X.context("laptop", str(tmp_path / "res"), str(tmp_path / "runs"))
+    ctx = X.context(profile="laptop", results_dir=str(tmp_path / "res"),
+                    runs_dir=str(tmp_path / "runs"))
     w = X.figure4_window(ctx)
     assert ctx.profile.figure4 is not None
     for key, recipe in (("f4/sgd-warmup5", "sgd-warmup5"), ("f4/adam-lr0.004", "adam-lr0.004")):

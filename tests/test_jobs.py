@@ -28,6 +28,7 @@ def tiny_context(tmp_path, name, jobs):
                      tmp_path / "data", "cpu", TINY.seeds, jobs=jobs)
 
 
+@pytest.mark.slow  # trains 5 runs in worker processes
 def test_two_at_a_time_trains_the_same_runs_to_the_same_bits_parents_first(tmp_path, capsys):
     one = X.ensure(tiny_context(tmp_path, "one", 1), KEYS)
     capsys.readouterr()
@@ -49,6 +50,7 @@ def test_two_at_a_time_trains_the_same_runs_to_the_same_bits_parents_first(tmp_p
     assert "; 2 running" in out
 
 
+@pytest.mark.slow  # trains runs in worker processes and kills one
 def test_failing_and_killed_runs_are_reported_with_their_commands_while_the_others_finish(
         tmp_path, tiny_config, monkeypatch):
     good = tiny_config(tmp_path, bits=2, epochs=1, threads=1)

@@ -142,6 +142,15 @@ def _fidelity_facts(fid: pd.DataFrame | None) -> dict | None:
                 "not public|not in the public code")])}
 
 
+def _failures(listed: object) -> list[dict]:
+    """The failed notebooks a provenance file lists, as text (a hand-edited or foreign file may
+    hold anything)."""
+    if not isinstance(listed, list):
+        return []
+    return [{"notebook": str(x.get("notebook", "?")), "cell_index": str(x.get("cell_index", "?")),
+             "error": str(x.get("error", ""))} for x in listed if isinstance(x, dict)]
+
+
 def summary_facts(results_dir: str | Path, fidelity: str | Path = FIDELITY) -> dict:
     """Every number the summary states, read from the results folder and the fidelity table."""
     out = Path(results_dir)
@@ -152,7 +161,7 @@ def summary_facts(results_dir: str | Path, fidelity: str | Path = FIDELITY) -> d
                    "comparable": bool(prov.get("comparable_to_paper", False)),
                    "differs": prov.get("differs_from_paper") or [],
                    "provenance": bool(prov), "settings": None, "device": None,
-                   "failures": prov.get("failures", []), "table1": None, "notebooks": None,
+                   "failures": _failures(prov.get("failures")), "table1": None, "notebooks": None,
                    "noise": None}
     if settings:
         facts["settings"] = {
