@@ -292,3 +292,9 @@ def test_context_takes_keywords_or_one_dict_of_the_notebook_parameters(tmp_path)
         X.context("quick", str(tmp_path))  # as the notebooks once called it
     with pytest.raises(ValueError, match="SEED"):
         X.context({"PROFILE": "quick", "SEED": 3})
+
+
+def test_the_profiles_are_the_ones_everything_else_names():
+    from uniq.repro.config import PROFILE_NAMES
+
+    assert tuple(X.PROFILES) == PROFILE_NAMES

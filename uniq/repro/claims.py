@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 from scipy import special, stats
 
+from .config import PROFILE_NAMES
 from .paths import REPO
 
 CLAIMS_PATH = REPO / "data" / "claims.csv"
@@ -48,7 +49,6 @@ REQUIRED_COLUMNS = ("id", "source", "statement", "metric", "a", "b", "direction"
 REQUIRED_FIELDS = ("id", "source", "statement", "metric", "a", "direction")
 DIRECTIONS = ("greater", "less", "match")
 # Profile names of uniq.repro.study.PROFILES (not imported: that module pulls in torch).
-KNOWN_PROFILES = ("smoke", "quick", "paper")
 KEY_SEPARATOR = ";"
 SEED_MARGIN = "2sd"
 """A ``match`` margin taken from the data: twice the seed-to-seed standard deviation of the
@@ -166,10 +166,10 @@ def load_claims(path: str | Path | None = None) -> pd.DataFrame:
             raise _bad(path, where, f"paper_effect {row['paper_effect']!r} is not a number",
                        "write the paper's a - b as a number, or leave it empty")
         profiles = split_keys(row["comparable_profiles"])
-        wrong = [p for p in profiles if p not in KNOWN_PROFILES]
+        wrong = [p for p in profiles if p not in PROFILE_NAMES]
         if wrong:
             raise _bad(path, where, f"unknown profile(s) {wrong} in comparable_profiles",
-                       f"use profile names from {', '.join(KNOWN_PROFILES)} joined by ';'")
+                       f"use profile names from {', '.join(PROFILE_NAMES)} joined by ';'")
         margins.append(np.nan if margin is None or from_data else margin)
         sources.append("data (2 x seed sd)" if from_data else "claims file" if margin else "")
         paper_effects.append(np.nan if paper_effect is None else paper_effect)

@@ -236,9 +236,9 @@ def _imagenet_args(p: argparse.ArgumentParser) -> None:
 
 
 def _profile_names() -> list[str]:
-    from .study import PROFILES
+    from .config import PROFILE_NAMES
 
-    return list(PROFILES)
+    return list(PROFILE_NAMES)
 
 
 def _runs_args(r: argparse.ArgumentParser) -> None:

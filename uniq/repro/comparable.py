@@ -17,8 +17,6 @@ from typing import Any
 from .config import FULL_PRECISION, PLACEMENT, RunConfig
 from .recipes import get_recipe
 
-PAPER_EPOCHS = {"cifar": 350, "imagenet": 90}
-
 # The paper's setting per task (Sections 5.1, 5.2): every field the paper fixes. The recipe
 # (optimizer, lr, warm-up, weight decay), the init, the granularity and the start weights
 # depend on the bit width and the method, and are checked in ``paper_differences``.

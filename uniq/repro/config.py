@@ -37,6 +37,8 @@ INIT_SCOPES = ("", "low-bit", "all")
 PRECISIONS = ("fp32", "tf32", "bf16", "fp64")
 COMPILE_MODES = ("none", "default", "max-autotune", "reduce-overhead")
 RESUME_MODES = ("auto", "require", "never")
+PROFILE_NAMES = ("smoke", "laptop", "quick", "paper")
+"""The profiles of ``uniq.repro.study.PROFILES``, in order (claims.csv and the CLI name them)."""
 
 
 def option(default: Any, help: str, choices: Iterable | None = None, cli: bool = True,

@@ -43,8 +43,9 @@ def facts() -> dict:
         CIFAR100_STD,
     )
     from .generated import DATA_SEED, GENERATOR_CONSTANTS
+    from .paper import PAPER_EPOCHS
     from .recipes import IMAGENET_WEIGHT_DECAY, RECIPES
-    from .study import FIGURE4_EPOCHS, FIGURE4_WARMUP, MIN_MOVED, PAPER_EPOCHS, PROFILES
+    from .study import FIGURE4_EPOCHS, FIGURE4_WARMUP, MIN_MOVED, PROFILES
 
     cifar, imagenet = CifarConfig(), ImageNetConfig()
     confidence = inspect.signature(evaluate_claims).parameters["confidence"].default
@@ -77,7 +78,7 @@ def facts() -> dict:
         "seeds": {name: len(p.seeds) for name, p in PROFILES.items()},
         "min_moved": f"{100 * MIN_MOVED:g}",
         "figure4_epochs": FIGURE4_EPOCHS, "figure4_warmup": FIGURE4_WARMUP,
-        "paper_epochs": PAPER_EPOCHS,
+        "paper_epochs": PAPER_EPOCHS["cifar"],
         "laptop_f4_epochs": PROFILES["laptop"].figure4.epochs,
         "laptop_f4_batch": PROFILES["laptop"].figure4.batch_size,
         "laptop_batch": PROFILES["laptop"].batch_size,

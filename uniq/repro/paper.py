@@ -14,6 +14,8 @@ PAPER_CSV = REPO / "data" / "paper_tables.csv"
 PAPER_NAMES = {"preresnet18": "resnet18", "preresnet34": "resnet34",
                "mobilenetv2_w1": "mobilenetv2"}
 """The paper's model names of the pytorchcv architectures."""
+PAPER_EPOCHS = {"cifar": 350, "imagenet": 90}
+"""Training epochs of the paper's runs per task (Sections 5.1, 5.2)."""
 REPORTED = ("top1_final", "top1_best")
 """Which accuracy a table's ``diff`` compares with the paper: the last epoch's (default; the
 paper does not say) or the best epoch's (what the authors' code keeps)."""

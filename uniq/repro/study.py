@@ -25,6 +25,7 @@ from .export import load_run_batch  # noqa: F401 - notebook 9
 from .figures import DPI, show
 from .jobs import parse_jobs, resolve_jobs, run_args, train_all
 from .paper import (  # noqa: F401 - table1: notebook 2
+    PAPER_EPOCHS,
     PAPER_NAMES,
     REPORTED,
     check_reported,
@@ -50,7 +51,7 @@ from .runs import (
 from .tasks import cifar_splits, demo_config, generated_folder  # noqa: F401 - demo_*: notebook 7
 from .train import fit
 
-PAPER_EPOCHS = 350
+CIFAR_EPOCHS = PAPER_EPOCHS["cifar"]
 
 
 FIGURE4_EPOCHS = 30
@@ -174,8 +175,8 @@ PROFILES = {
                      calib_batches=100, warmup_scale=1.0, seeds=(0, 1, 2),
                      dynamics_per_epoch=8, compile="default",
                      expected_time="about 6-9 GPU-hours on one H100 (estimate, 3 seeds)"),
-    "paper": Profile("paper", "cifar100", depth=32, batch_size=128, fp_epochs=PAPER_EPOCHS,
-                     epochs=PAPER_EPOCHS, calib_batches=100, warmup_scale=1.0, seeds=(0, 1, 2),
+    "paper": Profile("paper", "cifar100", depth=32, batch_size=128, fp_epochs=CIFAR_EPOCHS,
+                     epochs=CIFAR_EPOCHS, calib_batches=100, warmup_scale=1.0, seeds=(0, 1, 2),
                      compile="default",
                      expected_time="about 3-6 GPU-days on one H100 (estimate, 3 seeds)"),
 }
@@ -389,7 +390,7 @@ def config(ctx: Context, e: Experiment, seed: int = 0) -> CifarConfig:
         scale = figure4_window(ctx).scale  # the first 30 of 350 paper epochs, scaled
         cfg = replace(cfg, epochs=f.epochs, batch_size=f.batch_size,
                       fp_batch_size=ctx.profile.batch_size, warmup_scale=scale,
-                      schedule_epochs=round(PAPER_EPOCHS * scale, 6))
+                      schedule_epochs=round(CIFAR_EPOCHS * scale, 6))
     return cfg
 
 
