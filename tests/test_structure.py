@@ -98,3 +98,50 @@ def test_a_notebook_imports_at_most_three_package_modules_and_reads_no_run_file(
     assert modules and len(modules) <= 3, sorted(modules)
     assert not [name for name in RUN_FILES if name in code]
     assert "json.load" not in code and "read_csv" not in code
+
+
+def _words_in_strings(source: str) -> int:
+    """Words of prose inside string literals of a code cell (f-string text included), the way a
+    reader counts them: runs of letters, in strings of five or more words."""
+    import ast
+    import io
+    import tokenize
+
+    words = 0
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
+    except (tokenize.TokenError, SyntaxError):
+        return 0
+    for tok in tokens:
+        if tok.type == tokenize.STRING:
+            try:
+                text = str(ast.literal_eval(tok.string))
+            except (ValueError, SyntaxError):  # an f-string: its text without the expressions
+                text = re.sub(r"\{[^{}]*\}", "", re.sub(r"^[A-Za-z]*(['\"]+)|['\"]+$", "",
+                                                       tok.string))
+        elif tok.type == getattr(tokenize, "FSTRING_MIDDLE", -1):  # Python 3.12+
+            text = tok.string
+        else:
+            continue
+        n = len(re.findall(r"[A-Za-z][A-Za-z'-]*", text))
+        words += n if n >= 5 else 0
+    return words
+
+
+@pytest.mark.parametrize("notebook", sorted((REPO / "notebooks").glob("[0-9]*.ipynb")),
+                         ids=lambda p: p.stem)
+def test_notebook_code_cells_hold_little_prose(notebook):
+    """Explanations live in markdown cells; a code cell prints only sentences that carry a
+    computed number (at most 40 words of prose in its strings)."""
+    import json
+
+    cells = json.loads(notebook.read_text())["cells"]
+    heavy = {i: _words_in_strings("".join(c["source"])) for i, c in enumerate(cells)
+             if c["cell_type"] == "code"}
+    assert max(heavy.values()) <= 40, {i: n for i, n in heavy.items() if n > 40}
+
+
+def test_the_prose_counter_counts_prose():
+    assert _words_in_strings('print("one two three four five six")') == 6
+    assert _words_in_strings('x = f"{a} is the value of the quantity here"') == 7
+    assert _words_in_strings('d = {"a": 1, "b": 2}') == 0
