@@ -52,8 +52,8 @@ def main() -> None:
     a = p.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="uniq-parallel-"))
-    ctx = X.context(a.profile, results_dir=str(work / "results"), runs_dir=str(work / "base"),
-                    device="cpu", seeds=max((a.runs + 1) // 2, 1))
+    ctx = X.context(profile=a.profile, results_dir=str(work / "results"),
+                    runs_dir=str(work / "base"), device="cpu", seeds=max((a.runs + 1) // 2, 1))
     runs = [X.quant_config(ctx, 2, method, seed=s) for s in ctx.seeds for method in ("uniq", "lsq")]
     runs = runs[:a.runs]
     fit(X.fp_config(ctx), quiet=True)
