@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import tempfile
 import time
@@ -34,6 +33,7 @@ import torch
 
 import uniq.repro.jobs as J
 import uniq.repro.study as X
+from uniq.deploy.latency import cpu_name
 from uniq.repro.train import fit
 
 
@@ -71,7 +71,7 @@ def main() -> None:
     digests = {}
     for name, threads, jobs in (("one at a time, all threads", cpus, 1),
                                 ("one at a time, profile threads", ctx.profile.threads, 1),
-                                (f"{a.jobs} at a time", ctx.profile.threads, a.jobs)):
+                                (f"--jobs {a.jobs}", ctx.profile.threads, a.jobs)):
         runs_dir = fresh(f"w{len(rows)}")
         configs = [placed(r, runs_dir, threads) for r in runs]
         before, t0 = _load(), time.time()
@@ -90,10 +90,11 @@ def main() -> None:
     for r in rows:
         r["speedup_vs_first"] = round(base / r["seconds"], 2)
     same = digests[rows[1]["way"]] == digests[rows[2]["way"]]
-    result = {"profile": a.profile, "runs": a.runs, "cpu": platform.processor() or
-              platform.machine(), "cores": cpus, "torch": torch.__version__,
+    cpu = cpu_name()
+    result = {"profile": a.profile, "runs": a.runs, "cpu": cpu, "cores": cpus,
+              "torch": torch.__version__,
               "bit_identical_profile_threads_vs_parallel": same, "rows": rows}
-    text = [f"profile={a.profile} runs={a.runs} cores={cpus} torch={torch.__version__}",
+    text = [f"profile={a.profile} runs={a.runs} cpu={cpu} torch={torch.__version__}",
             f"{'way':34} {'threads':>7} {'workers':>7} {'seconds':>8} {'speedup':>7} "
             f"{'load before/after':>18}"]
     for r in rows:

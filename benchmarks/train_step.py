@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -34,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from oracle import reference_quantize  # noqa: E402 - the tests' oracle, timed against FakeQuantize
 
 from uniq import functional as QF
+from uniq.deploy.latency import cpu_name
 from uniq.modules import quantizers
 from uniq.repro.doctor import time_pair
 
@@ -132,7 +132,7 @@ def main() -> None:
     cuda = a.device.startswith("cuda")
     steps = a.steps or (200 if cuda else 12)
     env = {"device": a.device, "gpu": torch.cuda.get_device_name() if cuda else "",
-           "cpu": platform.processor() or platform.machine(),
+           "cpu": cpu_name(),
            "threads": torch.get_num_threads(), "torch": torch.__version__, "depth": a.depth,
            "batch": a.batch_size, "bits": a.bits}
     print(" ".join(f"{k}={v}" for k, v in env.items() if v != ""))

@@ -169,7 +169,7 @@ PROFILES = {
     "laptop": Profile("laptop", "finegrain", depth=8, batch_size=32, fp_epochs=3, epochs=3,
                       calib_batches=10, warmup_scale=0.1, seeds=(0, 1, 2),
                       synthetic_train=7_500, synthetic_test=5_000, dynamics_per_epoch=8,
-                      expected_time="about 18 minutes on 2 idle CPU cores (estimate)",
+                      expected_time="about 14 minutes on 2 idle CPU cores (22 with --jobs 1)",
                       threads=1, figure4=Figure4Runs(epochs=3, batch_size=8)),
     "quick": Profile("quick", "cifar100", depth=32, batch_size=128, fp_epochs=60, epochs=30,
                      calib_batches=100, warmup_scale=1.0, seeds=(0, 1, 2),
