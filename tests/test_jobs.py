@@ -99,6 +99,29 @@ def test_jobs_count_and_errors(tmp_path, tiny_config):
     assert X.context(profile="laptop", results_dir=str(tmp_path), jobs="2").jobs == 2
 
 
+def test_a_container_s_cpu_quota_caps_the_workers(tmp_path):
+    """``docker --cpus 1.5`` on a many-core host: the quota, not the host's cores, decides."""
+    v2 = tmp_path / "v2"
+    (v2 / "app" / "job").mkdir(parents=True)
+    (v2 / "cpu.max").write_text("max 100000\n")
+    (v2 / "app" / "cpu.max").write_text("150000 100000\n")  # a parent's quota binds too
+    (v2 / "app" / "job" / "cpu.max").write_text("400000 100000\n")
+    (tmp_path / "self2").write_text("0::/app/job\n")
+    assert J.cpu_quota(v2, tmp_path / "self2") == 1.5
+    assert J.available_cpus(v2, tmp_path / "self2") == 1
+    v1 = tmp_path / "v1"
+    (v1 / "cpu" / "docker" / "abc").mkdir(parents=True)
+    (v1 / "cpu" / "docker" / "abc" / "cpu.cfs_quota_us").write_text("200000\n")
+    (v1 / "cpu" / "docker" / "abc" / "cpu.cfs_period_us").write_text("50000\n")
+    (tmp_path / "self1").write_text("12:memory:/docker/abc\n4:cpu,cpuacct:/docker/abc\n0::/\n")
+    assert J.cpu_quota(v1, tmp_path / "self1") == 4.0
+    unlimited = J.available_cpus(tmp_path / "none", tmp_path / "missing")  # the CPU set alone
+    assert J.available_cpus(v1, tmp_path / "self1") == min(4, unlimited)
+    (v1 / "cpu" / "docker" / "abc" / "cpu.cfs_quota_us").write_text("-1\n")  # no quota
+    assert J.cpu_quota(v1, tmp_path / "self1") is None
+    assert J.cpu_quota(tmp_path / "none", tmp_path / "missing") is None
+
+
 def test_a_bad_jobs_value_is_one_line_before_any_work(tmp_path, capsys):
     assert main(["reproduce", "--profile", "smoke", "--jobs", "0", "--out-dir",
                  str(tmp_path / "res")]) == 2

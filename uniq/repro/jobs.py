@@ -77,11 +77,51 @@ def run_args(cfg: RunConfig) -> list[str]:
 # --- how many at once -------------------------------------------------------------------------
 
 
-def available_cpus() -> int:
-    """CPU cores this process may use (``taskset`` and cgroup CPU sets respected)."""
+def available_cpus(cgroup_root: Path = Path("/sys/fs/cgroup"),
+                   self_cgroup: Path = Path("/proc/self/cgroup")) -> int:
+    """CPU cores this process may use: its CPU set (``taskset``, a container's cpuset), and no
+    more than a container's CPU quota (``docker --cpus 2`` on a 64-core host: 2)."""
     if hasattr(os, "sched_getaffinity"):
-        return max(len(os.sched_getaffinity(0)), 1)
-    return os.cpu_count() or 1
+        n = max(len(os.sched_getaffinity(0)), 1)
+    else:
+        n = os.cpu_count() or 1
+    quota = cpu_quota(cgroup_root, self_cgroup)
+    return max(1, min(n, int(quota))) if quota is not None else n
+
+
+def cpu_quota(root: Path, self_cgroup: Path) -> float | None:
+    """The tightest CFS quota, in CPUs, on this process's cgroup and its parents (cgroup v2
+    ``cpu.max``, v1 ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``); None without one."""
+    try:
+        lines = self_cgroup.read_text().splitlines()
+    except OSError:
+        lines = []
+    paths = {}  # "2": the unified hierarchy's path; "1": the v1 cpu controller's
+    for line in lines:
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if controllers == "":
+            paths["2"] = path
+        elif "cpu" in controllers.split(","):
+            paths["1"] = path
+    limits = []
+    for version, files, folder in (("2", ("cpu.max",), root),
+                                   ("1", ("cpu.cfs_quota_us", "cpu.cfs_period_us"),
+                                    root / "cpu")):
+        here = folder / paths.get(version, "/").strip("/")
+        for d in (here, *here.parents):
+            if not d.is_relative_to(folder):
+                break
+            try:
+                text = " ".join((d / f).read_text().strip() for f in files)
+            except (OSError, UnicodeDecodeError):
+                continue
+            quota, _, period = text.partition(" ")
+            try:
+                if quota not in ("max", "-1") and float(period) > 0:
+                    limits.append(float(quota) / float(period))
+            except ValueError:
+                continue
+    return min(limits) if limits else None
 
 
 def visible_gpus() -> list[str]:
