@@ -85,7 +85,8 @@ def test_failing_and_killed_runs_are_reported_with_their_commands_while_the_othe
     assert "no_such_layer" in log.read_text()
 
 
-def test_jobs_count_and_errors(tmp_path, tiny_config):
+def test_jobs_count_and_errors(tmp_path, tiny_config, monkeypatch):
+    monkeypatch.setattr(J, "available_memory", lambda: None)  # the cores alone decide here
     assert J.parse_jobs("auto") == "auto" and J.parse_jobs("3") == 3 and J.parse_jobs(2) == 2
     for bad in (0, "0", "-1", "two", True, 1.5):
         with pytest.raises(ValueError, match="positive integer or 'auto'"):
@@ -120,6 +121,36 @@ def test_a_container_s_cpu_quota_caps_the_workers(tmp_path):
     (v1 / "cpu" / "docker" / "abc" / "cpu.cfs_quota_us").write_text("-1\n")  # no quota
     assert J.cpu_quota(v1, tmp_path / "self1") is None
     assert J.cpu_quota(tmp_path / "none", tmp_path / "missing") is None
+
+
+def test_auto_starts_no_more_workers_than_the_memory_holds(tmp_path, tiny_config, monkeypatch):
+    runs = [tiny_config(tmp_path, bits=2, epochs=1, seed=s, threads=1) for s in range(64)]
+    monkeypatch.setattr(J, "visible_gpus", lambda: [])
+    monkeypatch.setattr(J, "available_cpus", lambda: 64)
+    monkeypatch.setattr(J, "available_memory", lambda: int(3.5 * J.WORKER_MEMORY))
+    assert J.resolve_jobs("auto", runs) == 3 and J.resolve_jobs(8, runs) == 8  # asked: obeyed
+    monkeypatch.setattr(J, "available_memory", lambda: 1000)
+    assert J.resolve_jobs("auto", runs) == 1
+
+
+def test_available_memory_reads_the_machine_and_a_container_s_limit(tmp_path):
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       16000000 kB\nMemAvailable:    8000000 kB\n")
+    none = tmp_path / "none"
+    assert J.available_memory(none, none, meminfo) == 8_000_000 * 1024
+    v2 = tmp_path / "v2"
+    (v2 / "box").mkdir(parents=True)
+    (v2 / "box" / "memory.max").write_text("4294967296\n")
+    (v2 / "box" / "memory.current").write_text("1073741824\n")
+    (tmp_path / "self2").write_text("0::/box\n")
+    assert J.available_memory(v2, tmp_path / "self2", meminfo) == 3 * 2**30
+    v1 = tmp_path / "v1"
+    (v1 / "memory").mkdir(parents=True)  # v1 at the root: "no limit" is a huge number
+    (v1 / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")
+    (v1 / "memory" / "memory.usage_in_bytes").write_text("5\n")
+    (tmp_path / "self1").write_text("4:memory:/\n")
+    assert J.available_memory(v1, tmp_path / "self1", meminfo) == 8_000_000 * 1024
+    assert J.available_memory(none, none, none) is None
 
 
 def test_a_bad_jobs_value_is_one_line_before_any_work(tmp_path, capsys):

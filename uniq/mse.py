@@ -21,8 +21,6 @@ from functools import cache
 
 import numpy as np
 import torch
-from scipy.optimize import brentq, minimize_scalar
-from scipy.stats import norm
 
 from .functional import check_bits, lsq_range
 
@@ -59,6 +57,10 @@ def _density_weight(kind: str) -> float:
 
 def _moments(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Integrals of ``phi``, ``x phi`` and ``x^2 phi`` over each cell (closed forms)."""
+    # scipy is imported where it is used: at the top it would cost every process that imports
+    # uniq (each training worker) most of a second and about 100 MB
+    from scipy.stats import norm
+
     cdf = norm.cdf(hi) - norm.cdf(lo)
     pdf_hi, pdf_lo = norm.pdf(hi), norm.pdf(lo)
     m1 = pdf_lo - pdf_hi
@@ -91,6 +93,8 @@ def distortion_derivative(step: float, bits: int, kind: str) -> float:
 
 @cache
 def _optimum(bits: int, kind: str) -> tuple[float, float]:
+    from scipy.optimize import brentq, minimize_scalar
+
     bits, kind = check_bits(bits), _check_kind(kind)
     # A bounded search brackets the minimum; brentq then solves Eq. 8 = 0 to full precision.
     coarse = minimize_scalar(

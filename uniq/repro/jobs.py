@@ -77,8 +77,14 @@ def run_args(cfg: RunConfig) -> list[str]:
 # --- how many at once -------------------------------------------------------------------------
 
 
-def available_cpus(cgroup_root: Path = Path("/sys/fs/cgroup"),
-                   self_cgroup: Path = Path("/proc/self/cgroup")) -> int:
+CGROUP = Path("/sys/fs/cgroup")
+SELF_CGROUP = Path("/proc/self/cgroup")
+# What one CPU worker may hold: a laptop-profile run peaks at 1.05 GB resident (PyTorch
+# included), so 1.5 GiB each keeps `auto` from swapping a many-core machine with little memory.
+WORKER_MEMORY = 1.5 * 2**30
+
+
+def available_cpus(cgroup_root: Path = CGROUP, self_cgroup: Path = SELF_CGROUP) -> int:
     """CPU cores this process may use: its CPU set (``taskset``, a container's cpuset), and no
     more than a container's CPU quota (``docker --cpus 2`` on a 64-core host: 2)."""
     if hasattr(os, "sched_getaffinity"):
@@ -89,39 +95,69 @@ def available_cpus(cgroup_root: Path = Path("/sys/fs/cgroup"),
     return max(1, min(n, int(quota))) if quota is not None else n
 
 
-def cpu_quota(root: Path, self_cgroup: Path) -> float | None:
-    """The tightest CFS quota, in CPUs, on this process's cgroup and its parents (cgroup v2
-    ``cpu.max``, v1 ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``); None without one."""
+def _cgroup_files(root: Path, self_cgroup: Path, v2: tuple[str, ...], v1_controller: str,
+                  v1: tuple[str, ...]) -> list[list[str]]:
+    """The contents of a cgroup's limit files for this process's cgroup and each parent, in
+    the unified hierarchy (``v2`` files) and in the v1 ``v1_controller`` one (``v1`` files)."""
     try:
         lines = self_cgroup.read_text().splitlines()
     except OSError:
         lines = []
-    paths = {}  # "2": the unified hierarchy's path; "1": the v1 cpu controller's
+    paths = {}  # "2": the unified hierarchy's path; "1": the v1 controller's
     for line in lines:
         _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
         if controllers == "":
             paths["2"] = path
-        elif "cpu" in controllers.split(","):
+        elif v1_controller in controllers.split(","):
             paths["1"] = path
-    limits = []
-    for version, files, folder in (("2", ("cpu.max",), root),
-                                   ("1", ("cpu.cfs_quota_us", "cpu.cfs_period_us"),
-                                    root / "cpu")):
+    found = []
+    for version, files, folder in (("2", v2, root), ("1", v1, root / v1_controller)):
         here = folder / paths.get(version, "/").strip("/")
         for d in (here, *here.parents):
             if not d.is_relative_to(folder):
                 break
             try:
-                text = " ".join((d / f).read_text().strip() for f in files)
+                found.append([(d / f).read_text().strip() for f in files])
             except (OSError, UnicodeDecodeError):
                 continue
-            quota, _, period = text.partition(" ")
-            try:
-                if quota not in ("max", "-1") and float(period) > 0:
-                    limits.append(float(quota) / float(period))
-            except ValueError:
-                continue
+    return found
+
+
+def cpu_quota(root: Path = CGROUP, self_cgroup: Path = SELF_CGROUP) -> float | None:
+    """The tightest CFS quota, in CPUs, on this process's cgroup and its parents (cgroup v2
+    ``cpu.max``, v1 ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``); None without one."""
+    limits = []
+    for texts in _cgroup_files(root, self_cgroup, ("cpu.max",), "cpu",
+                               ("cpu.cfs_quota_us", "cpu.cfs_period_us")):
+        quota, _, period = " ".join(texts).partition(" ")
+        try:
+            if quota not in ("max", "-1") and float(period) > 0:
+                limits.append(float(quota) / float(period))
+        except ValueError:
+            continue
     return min(limits) if limits else None
+
+
+def available_memory(root: Path = CGROUP, self_cgroup: Path = SELF_CGROUP,
+                     meminfo: Path = Path("/proc/meminfo")) -> int | None:
+    """Bytes this process can still use: the machine's ``MemAvailable``, and no more than a
+    container's memory limit less its use (cgroup v2 ``memory.max``, v1
+    ``memory.limit_in_bytes``); None where neither can be read (not Linux)."""
+    free = []
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                free.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    for limit, used in _cgroup_files(root, self_cgroup, ("memory.max", "memory.current"),
+                                     "memory", ("memory.limit_in_bytes", "memory.usage_in_bytes")):
+        try:
+            if limit != "max" and int(limit) < 2**60:  # v1 writes "no limit" as a huge number
+                free.append(max(int(limit) - int(used), 0))
+        except ValueError:
+            continue
+    return min(free) if free else None
 
 
 def visible_gpus() -> list[str]:
@@ -143,8 +179,9 @@ def uses_gpus(cfg: RunConfig) -> bool:
 def resolve_jobs(jobs: int | str, configs: list[RunConfig]) -> int:
     """How many workers: the number asked for, or with ``auto`` one per GPU, else as many as
     the cores hold at the runs' fixed thread count (the profile picks it from the network's
-    size: 1 for the small ResNet-8 profiles). A CPU run whose thread count is not fixed takes
-    every core, so ``auto`` trains those one at a time. Never more than there are runs."""
+    size: 1 for the small ResNet-8 profiles) and the memory holds (``WORKER_MEMORY`` each). A
+    CPU run whose thread count is not fixed takes every core, so ``auto`` trains those one at a
+    time. Never more than there are runs."""
     if not configs:
         return 0
     if jobs != "auto":
@@ -154,6 +191,9 @@ def resolve_jobs(jobs: int | str, configs: list[RunConfig]) -> int:
     else:
         threads = max(c.threads for c in configs)
         n = available_cpus() // threads if threads else 1
+        memory = available_memory()
+        if memory is not None:
+            n = min(n, int(memory // WORKER_MEMORY))
     return max(1, min(n, len(configs)))
 
 
