@@ -47,32 +47,21 @@ def grads(fn, x, step, *args):
     return out.detach(), gx, gs
 
 
-@pytest.mark.parametrize("bits", [1, 2, 3, 4, 8])
-def test_symmetric_matches_eq3_and_its_ste_gradients(bits):
-    x = torch.randn(300, dtype=torch.float64) * 2
-    d = 0.37
-    out, gx, _ = grads(symmetric_quantize, x, torch.tensor(d, dtype=torch.float64), bits)
+@pytest.mark.parametrize("fn,reference,scale,step,bits", [
+    *[(symmetric_quantize, eq3_reference, 2, 0.37, b) for b in (1, 2, 3, 4, 8)],
+    *[(unsigned_quantize, eq5_reference, 3, 0.29, b) for b in (1, 2, 4, 8)]],
+    ids=[f"eq3-{b}bit" for b in (1, 2, 3, 4, 8)] + [f"eq5-{b}bit" for b in (1, 2, 4, 8)])
+def test_quantizer_matches_its_equation_and_its_ste_gradients(fn, reference, scale, step, bits):
+    """Eq. 3 (symmetric) and Eq. 5 (unsigned): values, input gradients and, one element at a
+    time, the step's gradient, against the scalar references."""
+    x = torch.randn(250, dtype=torch.float64) * scale
+    out, gx, _ = grads(fn, x, torch.tensor(step, dtype=torch.float64), bits)
     for i in range(len(x)):
-        value, dx, dd = eq3_reference(float(x[i]), d, bits)
+        value, dx, dd = reference(float(x[i]), step, bits)
         assert out[i].item() == pytest.approx(value, abs=1e-12)
         assert gx[i].item() == dx
-        # per-element step gradient: differentiate one element at a time
-        s = torch.tensor(d, dtype=torch.float64, requires_grad=True)
-        (g,) = torch.autograd.grad(symmetric_quantize(x[i : i + 1], s, bits).sum(), s)
-        assert g.item() == pytest.approx(dd, abs=1e-9)
-
-
-@pytest.mark.parametrize("bits", [1, 2, 4, 8])
-def test_unsigned_matches_eq5_and_its_ste_gradients(bits):
-    x = torch.randn(200, dtype=torch.float64) * 3
-    d = 0.29
-    out, gx, _ = grads(unsigned_quantize, x, torch.tensor(d, dtype=torch.float64), bits)
-    for i in range(len(x)):
-        value, dx, dd = eq5_reference(float(x[i]), d, bits)
-        assert out[i].item() == pytest.approx(value, abs=1e-12)
-        assert gx[i].item() == dx
-        s = torch.tensor(d, dtype=torch.float64, requires_grad=True)
-        (g,) = torch.autograd.grad(unsigned_quantize(x[i : i + 1], s, bits).sum(), s)
+        s = torch.tensor(step, dtype=torch.float64, requires_grad=True)
+        (g,) = torch.autograd.grad(fn(x[i : i + 1], s, bits).sum(), s)
         assert g.item() == pytest.approx(dd, abs=1e-9)
 
 

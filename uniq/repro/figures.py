@@ -137,6 +137,19 @@ def transfer_curves(bits: int = 2, step: float = 1.0, span: float = 3.0, title: 
     return fig
 
 
+def _finish(fig, axes, xlabel: str, ylabel: str, title: str | None,
+            legend_title: str | None = None):
+    """Side-by-side panels: a legend and an x label on each, the y label on the first."""
+    for ax in axes:
+        ax.legend(title=legend_title)
+        ax.set_xlabel(xlabel)
+    axes[0].set_ylabel(ylabel)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
 @_legible
 def binary_and_activation_curves(step: float = 1.0, title: str | None = None):
     """The binary case of Eq. 3 (+-D/2) and the activation quantizer Eq. 5 at 1 and 2 bits."""
@@ -149,14 +162,7 @@ def binary_and_activation_curves(step: float = 1.0, title: str | None = None):
     for bits in (1, 2):
         axes[1].plot(x, QF.unsigned_quantize(x, s, bits), label=f"Eq. 5, {bits} bit")
     axes[1].set_title("activation quantizer (levels 0 .. (N-1) D)")
-    for ax in axes:
-        ax.legend()
-        ax.set_xlabel("input")
-    axes[0].set_ylabel("quantized output")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, axes, "input", "quantized output", title)
 
 
 @_legible
@@ -193,13 +199,8 @@ def distortion_curves(bits_list=(1, 2, 3, 4), title: str | None = None):
             ax.plot(best, distortion(best, b, kind), "o", color=line.get_color())
         ax.set_title(f"{kind}s ({'Gaussian' if kind == 'weight' else 'rectified Gaussian'} "
                      "input): MSE vs step")
-        ax.set_xlabel("step size (input of unit variance)")
-        ax.legend(title="dots: optimum")
-    axes[0].set_ylabel("mean squared error")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, axes, "step size (input of unit variance)", "mean squared error", title,
+                   legend_title="dots: optimum")
 
 
 @_legible
