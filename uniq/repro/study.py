@@ -159,7 +159,7 @@ PROFILES = {
     "smoke": Profile("smoke", "synthetic", depth=8, batch_size=32, fp_epochs=6, epochs=2,
                      calib_batches=2, warmup_scale=0.1, seeds=(0, 1), synthetic_train=512,
                      synthetic_test=250, dynamics_per_epoch=8,
-                     expected_time="about 6 minutes on 2 CPU cores", threads=1),
+                     expected_time="about 4 minutes on 2 idle CPU cores", threads=1),
     # Chosen on full-precision accuracy, seed-to-seed sd, weight movement and time only, never
     # on a claim's verdict (README: the laptop profile): 7,500 training images give 702 steps
     # per quantized run, enough for the 2-bit weights to move past 5%, with a seed sd of 0.27
