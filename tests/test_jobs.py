@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -151,6 +152,40 @@ def test_available_memory_reads_the_machine_and_a_container_s_limit(tmp_path):
     (tmp_path / "self1").write_text("4:memory:/\n")
     assert J.available_memory(v1, tmp_path / "self1", meminfo) == 8_000_000 * 1024
     assert J.available_memory(none, none, none) is None
+
+
+def test_a_worker_s_bar_follows_the_lines_a_real_run_prints(tmp_path, tiny_config, monkeypatch,
+                                                             capsys):
+    """In JupyterLab or a terminal each worker has a bar; it is drawn from the lines its run
+    prints, so the parser is checked against a real run's output, not a copy of its format."""
+    from uniq.repro.train import fit
+
+    monkeypatch.setenv("UNIQ_PROGRESS", "lines")  # what a worker's run prints
+    monkeypatch.setenv("UNIQ_PROGRESS_INTERVAL", "0")
+    cfg = tiny_config(tmp_path, bits=2, epochs=2, threads=1, log_every=3)
+    fit(J.parent_config(cfg), quiet=True)  # its full-precision parent, silently
+    capsys.readouterr()
+    fit(cfg)
+    printed = capsys.readouterr().out.splitlines()
+    steps = 512 // 64
+    monkeypatch.setenv("UNIQ_PROGRESS", "auto")
+    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))  # a kernel
+    display = J.Display(workers=2, total=3)
+    assert display.bars is not None and len(display.bars) == 2
+    job = J.Job(cfg, "t4/uniq/2b seed 0", slot=1)
+    display.started(job)
+    assert display.bars[1].desc.startswith("worker 2: t4/uniq/2b seed 0")
+    seen = []
+    for line in printed:
+        display.line(job, line)
+        seen.append(display.bars[1].n)
+    bar = display.bars[1]
+    assert bar.total == 2 * steps and bar.n == 2 * steps  # both epochs' steps
+    assert sorted(set(seen)) == [0, 3, 6, 8, 11, 14, 16]  # every 3rd step and each epoch's end
+    assert "epoch 2/2: train loss" in bar.postfix
+    display.finished(job)
+    assert display.overall.n == 1 and bar.desc.startswith("worker 2: idle")
+    display.close()
 
 
 def test_a_bad_jobs_value_is_one_line_before_any_work(tmp_path, capsys):
