@@ -134,7 +134,7 @@ def test_auto_starts_no_more_workers_than_the_memory_holds(tmp_path, tiny_config
     assert J.resolve_jobs("auto", runs) == 1
 
 
-def test_available_memory_reads_the_machine_and_a_container_s_limit(tmp_path):
+def test_available_memory_reads_the_machine_and_a_container_s_limit(tmp_path, monkeypatch):
     meminfo = tmp_path / "meminfo"
     meminfo.write_text("MemTotal:       16000000 kB\nMemAvailable:    8000000 kB\n")
     none = tmp_path / "none"
@@ -151,6 +151,13 @@ def test_available_memory_reads_the_machine_and_a_container_s_limit(tmp_path):
     (v1 / "memory" / "memory.usage_in_bytes").write_text("5\n")
     (tmp_path / "self1").write_text("4:memory:/\n")
     assert J.available_memory(v1, tmp_path / "self1", meminfo) == 8_000_000 * 1024
+    monkeypatch.setattr(J.os, "sysconf", {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 2**21}.get)
+    assert J.available_memory(none, none, none) == 4 * 2**30  # no /proc/meminfo: half of 8 GiB
+
+    def no_sysconf(name):
+        raise ValueError(name)
+
+    monkeypatch.setattr(J.os, "sysconf", no_sysconf)
     assert J.available_memory(none, none, none) is None
 
 

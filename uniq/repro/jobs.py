@@ -140,9 +140,9 @@ def cpu_quota(root: Path = CGROUP, self_cgroup: Path = SELF_CGROUP) -> float | N
 
 def available_memory(root: Path = CGROUP, self_cgroup: Path = SELF_CGROUP,
                      meminfo: Path = Path("/proc/meminfo")) -> int | None:
-    """Bytes this process can still use: the machine's ``MemAvailable``, and no more than a
-    container's memory limit less its use (cgroup v2 ``memory.max``, v1
-    ``memory.limit_in_bytes``); None where neither can be read (not Linux)."""
+    """Bytes this process can still use: the machine's ``MemAvailable`` (elsewhere half the
+    physical memory), and no more than a container's memory limit less its use (cgroup v2
+    ``memory.max``, v1 ``memory.limit_in_bytes``); None where none of these can be read."""
     free = []
     try:
         for line in meminfo.read_text().splitlines():
@@ -150,6 +150,11 @@ def available_memory(root: Path = CGROUP, self_cgroup: Path = SELF_CGROUP,
                 free.append(int(line.split()[1]) * 1024)
     except (OSError, ValueError, IndexError):
         pass
+    if not free:  # not Linux (macOS): half the physical memory, a cautious guess at what is free
+        try:
+            free.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2)
+        except (ValueError, OSError, AttributeError):
+            pass
     for limit, used in _cgroup_files(root, self_cgroup, ("memory.max", "memory.current"),
                                      "memory", ("memory.limit_in_bytes", "memory.usage_in_bytes")):
         try:
