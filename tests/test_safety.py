@@ -181,42 +181,27 @@ def _results(folder: Path) -> Path:
     return folder
 
 
+# Damage to one file of a results folder: the file, and what is written into it.
+DAMAGE = {
+    "provenance not JSON": ("provenance.json", b'{"profile": "smo'),
+    "provenance a list": ("provenance.json", b"[1, 2]"),
+    "provenance binary": ("provenance.json", bytes(range(256))),
+    "binary CSV": ("table4.csv", bytes(range(256)) * 4),
+    "empty CSV": ("table4.csv", b""),
+    "claims without columns": ("claims.csv", b"x\n1\n2\n"),
+    "notebook not JSON": ("05_table5.ipynb", b"this is not a notebook"),
+    "notebook a JSON list": ("05_table5.ipynb", b"[]"),
+}
+
+
 def _damage(kind: str, folder: Path) -> str:
-    """Break one file of a results folder; returns what the error must name."""
-    if kind == "provenance not JSON":
-        (folder / "provenance.json").write_text('{"profile": "smo')
-        return "provenance.json"
-    if kind == "provenance a list":
-        (folder / "provenance.json").write_text("[1, 2]")
-        return "provenance.json"
-    if kind == "provenance binary":
-        (folder / "provenance.json").write_bytes(bytes(range(256)))
-        return "provenance.json"
-    if kind == "binary CSV":
-        (folder / "table4.csv").write_bytes(bytes(range(256)) * 4)
-        return "table4.csv"
-    if kind == "empty CSV":
-        (folder / "table4.csv").write_text("")
-        return "table4.csv"
-    if kind == "claims without columns":
-        pd.DataFrame({"x": [1, 2]}).to_csv(folder / "claims.csv", index=False)
-        return "claims.csv"
-    if kind == "notebook not JSON":
-        (folder / "05_table5.ipynb").write_text("this is not a notebook")
-        return "05_table5.ipynb"
-    if kind == "notebook a JSON list":
-        (folder / "05_table5.ipynb").write_text("[]")
-        return "05_table5.ipynb"
-    if kind == "provenance fields of another type":
-        (folder / "provenance.json").write_text(json.dumps(
-            {"profile": "smoke", "git": "x", "device": [1], "notebooks": [1], "failures": "x"}))
-        return ""  # not an error: the report is written
-    raise AssertionError(kind)
+    """Break one file of a results folder; returns its name (what the error must name)."""
+    name, content = DAMAGE[kind]
+    (folder / name).write_bytes(content)
+    return name
 
 
-@pytest.mark.parametrize("kind", ["provenance not JSON", "provenance a list", "provenance binary",
-                                  "binary CSV", "empty CSV", "claims without columns",
-                                  "notebook not JSON", "notebook a JSON list"])
+@pytest.mark.parametrize("kind", list(DAMAGE))
 def test_report_on_a_damaged_folder_is_one_line_and_writes_nothing(tmp_path, kind, capsys):
     folder = _results(tmp_path / "results" / "smoke")
     names = _damage(kind, folder)
@@ -228,7 +213,8 @@ def test_report_on_a_damaged_folder_is_one_line_and_writes_nothing(tmp_path, kin
 
 def test_report_on_provenance_fields_of_another_type_writes_or_says_one_line(tmp_path, capsys):
     folder = _results(tmp_path / "results" / "smoke")
-    _damage("provenance fields of another type", folder)
+    (folder / "provenance.json").write_text(json.dumps(
+        {"profile": "smoke", "git": "x", "device": [1], "notebooks": [1], "failures": "x"}))
     code = report_main([str(folder)])
     err = capsys.readouterr().err
     lines = err.strip().splitlines()
